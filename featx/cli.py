@@ -1,0 +1,181 @@
+"""The `featx` command: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from featx import __version__
+from featx.errors import FeatxError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _cmd_info(args):
+    from featx.store import describe
+
+    for i, path in enumerate(args.files):
+        if i:
+            print()
+        print(describe(path))
+
+
+def _cmd_backbones(args):
+    from featx import backbones
+
+    if args.check:
+        top = backbones.check_image(args.check, args.image, weights=args.weights)
+        print(f"{args.check}: top-{len(top)} ImageNet classes for {args.image or 'the sample image'}")
+        for name, prob in top:
+            print(f"  {prob:6.1%}  {name}")
+    else:
+        print(backbones.backbones_table())
+
+
+def _cmd_extract(args):
+    from featx.extract import extract
+
+    result = extract(
+        args.dataset, args.output, backbone=args.backbone, weights=args.weights, pooling=args.pooling,
+        image_size=args.image_size, layer=args.layer, batch_size=args.batch_size,
+        buffer_size=args.buffer_size, dtype=args.dtype, augment=args.augment, tta=args.tta,
+        crop=args.crop, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(result)
+
+
+def _cmd_train(args):
+    from featx.train import train
+
+    heads = args.heads if args.heads == "all" else [h.strip() for h in args.heads.split(",") if h.strip()]
+    result = train(
+        args.features, test=args.test, test_size=args.test_size, heads=heads, folds=args.folds,
+        class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None, jobs=args.jobs,
+        output=args.output, seed=args.seed,
+    )
+    print(result)
+
+
+def _cmd_evaluate(args):
+    from featx.train import evaluate
+
+    print(evaluate(args.bundle, args.features))
+
+
+def _cmd_predict(args):
+    from featx.train import predict
+
+    result = predict(args.bundle, args.images, output=args.output, batch_size=args.batch_size)
+    print(result)
+
+
+def _cmd_demo(args):
+    from featx.demo import run_demo
+
+    run_demo(workdir=args.workdir, backbone=args.backbone, weights=args.weights)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="featx",
+        description="Transfer learning by feature extraction: extract features from a folder of images "
+        "once, then train and compare classifier heads on them in seconds.",
+    )
+    p.add_argument("--version", action="version", version=f"featx {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="run the whole pipeline on an embedded dataset (digits), offline")
+    s.add_argument("--workdir", default=".", help="where datasets/, features/, models/ go (default: .)")
+    s.add_argument("--backbone", default="efficientnet_lite0")
+    s.add_argument("--weights", default="auto")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("extract", help="extract features of a folder of images into an HDF5 file")
+    s.add_argument("dataset", help="folder of class folders (or train/val/test split folders, or flat images)")
+    s.add_argument("-o", "--output", help="output file (default: features/<dataset>.h5)")
+    s.add_argument("--backbone", default="efficientnet_lite0", help="NAME[,NAME...] (see `featx backbones`)")
+    s.add_argument("--weights", default="auto", help="auto (offline ImageNet weights), none (random), or FILE")
+    s.add_argument("--pooling", default="avg", choices=["avg", "max", "flatten"])
+    s.add_argument("--layer", help="pool this intermediate layer instead of the last")
+    s.add_argument("--image-size", type=int, help="input side in pixels (default: the backbone's)")
+    s.add_argument("--crop", action="store_true", help="keep aspect ratio: resize shorter side, center crop")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--buffer-size", type=int, default=1000, help="rows per flush (a crash loses at most this)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    s.add_argument("--augment", type=int, default=0, metavar="K", help="also write K augmented copies per image")
+    s.add_argument("--tta", choices=["flip"], help="store the mean of the image's and its mirror's features")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, help="decoding threads (default: min(4, cores))")
+    s.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_extract)
+
+    s = sub.add_parser("train", help="train classifier heads on a feature file and compare them")
+    s.add_argument("features")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--test", help="a separate feature file to test on (e.g. features/x-val.h5)")
+    g.add_argument("--test-size", type=float, default=0.25, help="held-out fraction (default 0.25)")
+    s.add_argument("--heads", default="logreg", help="comma-separated: logreg,svm,svm-rbf,ridge,ordinal,mlp or all")
+    s.add_argument("--folds", type=int, help="K fold models whose probabilities are averaged")
+    s.add_argument("--class-weight", choices=["balanced"])
+    s.add_argument("--metric", default="accuracy", choices=["accuracy", "f1_macro", "qwk"])
+    s.add_argument("--ordinal", action="store_true", help="treat classes as ordered grades")
+    s.add_argument("--jobs", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", default="models", help="folder for model bundles (default: models/)")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate", help="report a saved model on another feature file")
+    s.add_argument("bundle")
+    s.add_argument("features")
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("predict", help="predict classes of new images to a CSV")
+    s.add_argument("bundle")
+    s.add_argument("images", nargs="+", help="image files and/or folders")
+    s.add_argument("-o", "--output", default="predictions.csv")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("info", help="describe a feature file")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("backbones", help="list backbones, or check one on an image (--check)")
+    s.add_argument("--check", metavar="NAME", help="print the top-5 ImageNet classes NAME gives an image")
+    s.add_argument("image", nargs="?", help="image for --check (default: a sample image)")
+    s.add_argument("--weights", default="auto")
+    s.set_defaults(func=_cmd_backbones)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # featx's own messages only: TensorFlow and friends keep their own (quieted) logging.
+    logger = logging.getLogger("featx")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("featx: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except FeatxError as exc:
+        print(f"featx: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("featx: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

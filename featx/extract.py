@@ -1,0 +1,491 @@
+"""Stage 1: images -> backbone -> feature file, with decoding overlapped with inference.
+
+The runner is a loop over fixed-size batches of decoded images. Decoding (OpenCV, which releases the
+GIL) runs ahead in a thread pool with a bounded number of images in flight, so memory does not grow
+with the dataset; inference runs in the main thread on batches of one fixed shape, so the model is
+traced once. Every part is timed (decode, inference, write, waiting) so the bottleneck is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featx.errors import FeatxError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FEATURES_DIR = "features"
+
+
+@dataclass
+class FileSummary:
+    """What one extraction wrote into one feature file."""
+
+    output: Path
+    backbone: str
+    split: str | None
+    rows: int  # rows in the file now
+    rows_new: int  # rows added by this run
+    images: int  # images in the dataset (split)
+    skipped: list = field(default_factory=list)  # (path, reason), all recorded in the file
+    resumed: bool = False
+
+
+@dataclass
+class ExtractResult:
+    """Summary of one `extract` call: one FileSummary per (split, backbone)."""
+
+    files: list
+    seconds: float
+    images_processed: int  # images decoded and run through the backbone(s) by this run
+    timings: dict  # seconds: decode (summed over workers), inference, write, wait
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def rows_new(self) -> int:
+        return sum(f.rows_new for f in self.files)
+
+    @property
+    def skipped(self) -> int:
+        return sum(len(f.skipped) for f in self.files)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_processed / self.seconds if self.seconds > 0 else 0.0
+
+    def timing_line(self) -> str:
+        t = self.timings
+        return (
+            f"{self.images_processed} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s): "
+            f"decode {t['decode']:.1f} s (summed over {t.get('workers', 1)} workers), "
+            f"inference {t['inference']:.1f} s, write {t['write']:.1f} s, "
+            f"waiting for decode {t['wait']:.1f} s"
+        )
+
+    def __str__(self) -> str:
+        lines = []
+        for f in self.files:
+            what = f"{f.output}: {f.rows} rows ({f.rows_new} new"
+            what += ", resumed)" if f.resumed else ")"
+            what += f", {len(f.skipped)} skipped" if f.skipped else ""
+            lines.append(what)
+            for path, reason in f.skipped[:10]:
+                lines.append(f"  skipped {path}: {reason}")
+            if len(f.skipped) > 10:
+                lines.append(f"  ... and {len(f.skipped) - 10} more (featx info {f.output})")
+        lines.append(self.timing_line())
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding: one image -> the arrays every backbone needs
+
+
+@dataclass
+class _Item:
+    path: str  # relative to the dataset root: the key in the feature file
+    file: Path  # where to read it
+    label: int
+
+
+def _image_rng(seed: int, path: str) -> np.random.Generator:
+    # Seeded per image (not per run position) so a resumed run augments each image exactly as an
+    # uninterrupted run would.
+    return np.random.default_rng([seed, zlib.crc32(path.encode("utf-8"))])
+
+
+def _decode(item: _Item, sizes, *, augment: int, tta: str | None, crop: bool, seed: int):
+    """Decode one image into {size: uint8 array (copies, s, s, 3)}; copies = 1 + augment (x2 with TTA)."""
+    from featx import images
+
+    t0 = time.perf_counter()
+    image, reason = images.try_load_image(item.file)
+    if image is None:
+        return None, reason, time.perf_counter() - t0
+    variants = [image]
+    if augment:
+        rng = _image_rng(seed, item.path)
+        variants += [images.augment(image, rng) for _ in range(augment)]
+    if tta == "flip":
+        variants += [images.tta_flip(v) for v in variants]
+    try:
+        arrays = {s: np.stack([images.resize(v, s, crop=crop) for v in variants]) for s in sizes}
+    except Exception as exc:  # a pathological image must not stop the run
+        return None, f"cannot resize image: {exc}", time.perf_counter() - t0
+    return arrays, None, time.perf_counter() - t0
+
+
+def _decoded_stream(items, sizes, *, workers, prefetch, **options):
+    """Yield (item, arrays, reason, decode_seconds) in order, decoding up to `prefetch` images ahead."""
+    if workers <= 0:
+        for item in items:
+            yield (item, *_decode(item, sizes, **options))
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featx-decode") as pool:
+        pending = deque()
+        it = iter(items)
+        try:
+            for item in it:
+                pending.append((item, pool.submit(_decode, item, sizes, **options)))
+                if len(pending) >= prefetch:
+                    head, fut = pending.popleft()
+                    yield (head, *fut.result())
+            while pending:
+                head, fut = pending.popleft()
+                yield (head, *fut.result())
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+
+# ----------------------------------------------------------------------------------------------
+# inference on fixed-shape batches
+
+
+def _run_backbone(backbone, batch_uint8: np.ndarray, batch_size: int) -> np.ndarray:
+    """Features for any number of images, always calling the model on `batch_size` rows (no retrace)."""
+    n = len(batch_uint8)
+    out = []
+    for start in range(0, n, batch_size):
+        chunk = batch_uint8[start : start + batch_size]
+        m = len(chunk)
+        if m < batch_size:
+            pad = np.zeros((batch_size - m,) + chunk.shape[1:], dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        feats = np.asarray(backbone(backbone.preprocess(chunk)), dtype=np.float32)
+        out.append(feats[:m])
+    return np.concatenate(out) if out else np.zeros((0, backbone.feature_dim), np.float32)
+
+
+def _features_for_group(backbone, arrays_list, *, tta, batch_size):
+    """Features (rows, D) for a group of decoded images; TTA copies are averaged into their originals."""
+    size = backbone.input_size
+    stacked = np.concatenate([a[size] for a in arrays_list])
+    feats = _run_backbone(backbone, stacked, batch_size)
+    per_image = [len(a[size]) for a in arrays_list]
+    rows = []
+    start = 0
+    for k in per_image:
+        f = feats[start : start + k]
+        start += k
+        if tta == "flip":
+            half = k // 2
+            f = (f[:half] + f[half:]) / 2.0
+        rows.append(f)
+    return rows
+
+
+class _Timer:
+    def __init__(self):
+        self.t = {"decode": 0.0, "inference": 0.0, "write": 0.0, "wait": 0.0}
+
+    def add(self, key, seconds):
+        self.t[key] += seconds
+
+
+def _stream_features(items, backbones, *, needs, batch_size, workers, augment, tta, crop, seed,
+                     timer: _Timer, progress=None):
+    """Yield (group of (item, reason)), {backbone_index: [rows per decoded item]}) batch by batch.
+
+    needs[b] is the set of item paths backbone b still has to process (resume), or None for all.
+    """
+    sizes = sorted({b.input_size for b in backbones})
+    prefetch = max(2 * batch_size, 4 * max(workers, 1))
+    stream = _decoded_stream(items, sizes, workers=workers, prefetch=prefetch,
+                             augment=augment, tta=tta, crop=crop, seed=seed)
+    while True:
+        group = []
+        t0 = time.perf_counter()
+        for entry in stream:
+            group.append(entry)
+            if len(group) >= batch_size:
+                break
+        timer.add("wait", time.perf_counter() - t0)
+        if not group:
+            return
+        for _, _, _, dt in group:
+            timer.add("decode", dt)
+        decoded = [(item, arrays, reason) for item, arrays, reason, _ in group]
+        results = {}
+        t0 = time.perf_counter()
+        for b_index, backbone in enumerate(backbones):
+            want = [(item, arrays) for item, arrays, _ in decoded
+                    if arrays is not None and (needs[b_index] is None or item.path in needs[b_index])]
+            rows = _features_for_group(backbone, [a for _, a in want], tta=tta, batch_size=batch_size) \
+                if want else []
+            results[b_index] = dict(zip((item.path for item, _ in want), rows))
+        timer.add("inference", time.perf_counter() - t0)
+        if progress is not None:
+            progress.update(len(group))
+        yield decoded, results
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def features_for_files(files, backbone, *, tta=None, crop=False, batch_size=32, workers=None):
+    """Decode and extract a list of image files in memory (used by `featx predict`).
+
+    Returns (features (n, D) float32, kept paths, [(path, reason)] skipped).
+    """
+    items = [_Item(path=str(f), file=Path(f), label=-1) for f in files]
+    timer = _Timer()
+    feats, kept, skipped = [], [], []
+    for decoded, results in _stream_features(
+        items, [backbone], needs=[None], batch_size=batch_size, workers=_workers(workers),
+        augment=0, tta=tta, crop=crop, seed=0, timer=timer,
+    ):
+        for item, arrays, reason in decoded:
+            if arrays is None:
+                skipped.append((item.path, reason))
+            else:
+                feats.append(results[0][item.path])
+                kept.append(item.path)
+    if feats:
+        return np.concatenate(feats).astype(np.float32), kept, skipped
+    return np.zeros((0, backbone.feature_dim), np.float32), kept, skipped
+
+
+def _workers(workers):
+    if workers is None:
+        return max(1, min(4, os.cpu_count() or 1))
+    return int(workers)
+
+
+def _dataset_name(root: Path) -> str:
+    return root.resolve().name or "dataset"
+
+
+def _output_paths(root: Path, output, splits, backbone_names):
+    """{(split, backbone): Path}. Default features/<name>[-<split>][-<backbone> when several].h5."""
+    if output is None:
+        base = Path(DEFAULT_FEATURES_DIR) / f"{_dataset_name(root)}.h5"
+    else:
+        base = Path(output)
+        if base.suffix.lower() not in (".h5", ".hdf5"):
+            base = base.with_suffix(base.suffix + ".h5") if base.suffix else base.with_suffix(".h5")
+    out = {}
+    for split in splits:
+        for name in backbone_names:
+            stem = base.stem
+            if split is not None:
+                stem += f"-{split}"
+            if len(backbone_names) > 1:
+                stem += f"-{name}"
+            out[(split, name)] = base.with_name(stem + base.suffix)
+    return out
+
+
+def _class_names_for_splits(split_roots) -> list:
+    from featx import images
+
+    names = set()
+    for root in split_roots.values():
+        ds = images.list_dataset(root)
+        names.update(ds.label_names)
+    return images.sort_class_names(names) if hasattr(images, "sort_class_names") else _sort_names(names)
+
+
+def _sort_names(names):
+    names = list(names)
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
+            image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
+            tta=None, crop=False, seed=0, workers=None, overwrite=False, progress=True,
+            echo=print) -> ExtractResult:
+    """Extract features of every image under `dataset` into HDF5 feature files; resumable.
+
+    backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
+    A dataset with train/val/test folders gives one file per split with one shared class list.
+    """
+    from featx import backbones as registry
+    from featx import images
+    from featx.store import HDF5DatasetWriter
+
+    root = Path(dataset)
+    if not root.is_dir():
+        raise FeatxError(f"dataset folder not found: {root}")
+    names = [b.strip() for b in (backbone.split(",") if isinstance(backbone, str) else backbone) if b.strip()]
+    if not names:
+        raise FeatxError("no backbone given")
+    if len(set(names)) != len(names):
+        raise FeatxError(f"backbone listed twice: {','.join(names)}")
+    if tta not in (None, "", "none", "flip"):
+        raise FeatxError(f"unknown --tta {tta!r}: use 'flip'")
+    tta = "flip" if tta == "flip" else None
+    if augment < 0:
+        raise FeatxError("--augment must be 0 or more")
+    if batch_size < 1 or buffer_size < 1:
+        raise FeatxError("--batch-size and --buffer-size must be at least 1")
+    if dtype not in ("float32", "float16"):
+        raise FeatxError(f"unknown --dtype {dtype!r}: use float32 or float16")
+    workers = _workers(workers)
+
+    split_roots = images.find_splits(root)
+    if split_roots:
+        label_names = _class_names_for_splits(split_roots)
+        splits = {s: images.list_dataset(p, seed=seed, label_names=label_names or None)
+                  for s, p in split_roots.items()}
+    else:
+        splits = {None: images.list_dataset(root, seed=seed)}
+
+    outputs = _output_paths(root, output, list(splits), names)
+    models = []
+    for name in names:
+        echo(f"loading backbone {name} (weights: {weights})")
+        models.append(registry.get_backbone(name, weights=weights, pooling=pooling,
+                                            image_size=image_size, layer=layer))
+
+    timer = _Timer()
+    summaries = []
+    processed = 0
+    t_start = time.perf_counter()
+    for split, ds in splits.items():
+        processed += _extract_split(
+            ds, split, models, outputs, root=root, batch_size=batch_size, buffer_size=buffer_size,
+            dtype=dtype, augment=augment, tta=tta, crop=crop, seed=seed, workers=workers,
+            overwrite=overwrite, progress=progress, timer=timer, summaries=summaries, echo=echo,
+            writer_cls=HDF5DatasetWriter,
+        )
+    timings = dict(timer.t, workers=workers)
+    return ExtractResult(files=summaries, seconds=time.perf_counter() - t_start,
+                         images_processed=processed, timings=timings)
+
+
+def _attrs_for(model, *, ds, root, split, augment, tta, crop, seed):
+    attrs = dict(model.recipe())
+    attrs.update(
+        tta=tta or "",
+        augment=int(augment),
+        resize="crop" if crop else "stretch",
+        dataset_root=str(Path(ds.root).resolve()),
+        split=split or "",
+        seed=int(seed),
+    )
+    return attrs
+
+
+def _extract_split(ds, split, models, outputs, *, root, batch_size, buffer_size, dtype, augment, tta,
+                   crop, seed, workers, overwrite, progress, timer, summaries, echo, writer_cls) -> int:
+    from tqdm import tqdm
+
+    writers = []
+    try:
+        for model in models:
+            out = outputs[(split, model.name)]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            exists = out.exists() or Path(str(out) + ".parts").exists()
+            mode = "w" if overwrite else ("a" if exists else "w-")
+            attrs = _attrs_for(model, ds=ds, root=root, split=split, augment=augment, tta=tta, crop=crop,
+                               seed=seed)
+            w = writer_cls((len(ds), model.feature_dim), str(out), dataKey="features", bufSize=buffer_size,
+                           mode=mode, attrs=attrs, dtype=dtype)
+            writers.append(w)
+            w.storeClassLabels(list(ds.label_names))
+
+        needs = []
+        for w in writers:
+            done = w.done_paths
+            needs.append({p for p in ds.paths if p not in done})
+        todo_paths = set().union(*needs)
+        items = [_Item(path=p, file=Path(ds.root) / p, label=int(lbl))
+                 for p, lbl in zip(ds.paths, ds.labels) if p in todo_paths]
+        what = f"{split} split" if split else "dataset"
+        if len(items) < len(ds):
+            echo(f"resuming {what}: {len(ds) - len(items)} of {len(ds)} images already done")
+        bar = tqdm(total=len(items), unit="img", desc=f"extract {split or ds.root.name}",
+                   disable=not progress or not items, dynamic_ncols=True)
+        rows_before = [w.rows_written for w in writers]
+        skips = []
+        try:
+            for decoded, results in _stream_features(
+                items, models, needs=needs, batch_size=batch_size, workers=workers, augment=augment,
+                tta=tta, crop=crop, seed=seed, timer=timer, progress=bar,
+            ):
+                t0 = time.perf_counter()
+                skips += [(item.path, reason) for item, arrays, reason in decoded if arrays is None]
+                for b, w in enumerate(writers):
+                    _write_group(w, decoded, results[b], needs[b])
+                timer.add("write", time.perf_counter() - t0)
+        finally:
+            bar.close()
+
+        t0 = time.perf_counter()
+        for model, w, before in zip(models, writers, rows_before):
+            out = outputs[(split, model.name)]
+            w.flush()
+            if w.rows_written == 0:
+                w.abort()
+                _discard(out)
+                first = f"; first problem: {skips[0][0]}: {skips[0][1]}" if skips else ""
+                raise FeatxError(f"no image in {ds.root} could be decoded ({len(items)} tried){first}")
+            if not items and not Path(str(out) + ".parts").exists():
+                w.abort()  # already complete: nothing to assemble, leave the file untouched
+            else:
+                w.close(complete=True)
+            rows, skipped = _rows_and_skips(out)
+            summaries.append(FileSummary(output=out, backbone=model.name, split=split, rows=rows,
+                                         rows_new=rows - before, images=len(ds), skipped=skipped,
+                                         resumed=before > 0))
+        timer.add("write", time.perf_counter() - t0)
+        writers = []
+        return len(items)
+    except BaseException:
+        for w in writers:
+            try:
+                w.abort()
+            except Exception:  # keep the original error; abort already flushed what it could
+                log.exception("could not save the last buffer")
+        raise
+
+
+def _write_group(writer, decoded, rows_by_path, need):
+    feats, labels, paths, augs = [], [], [], []
+    for item, arrays, reason in decoded:
+        if item.path not in need:
+            continue
+        if arrays is None:
+            writer.skip(item.path, reason)
+            continue
+        f = rows_by_path[item.path]
+        feats.append(f)
+        labels += [item.label] * len(f)
+        paths += [item.path] * len(f)
+        augs += list(range(len(f)))
+    if feats:
+        writer.add(np.concatenate(feats), np.asarray(labels, dtype=np.int64), paths=paths,
+                   aug=augs if any(augs) else None)
+
+
+def _discard(out: Path):
+    import shutil
+
+    for p in (out, Path(str(out) + ".parts")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
+def _rows_and_skips(out: Path):
+    from featx.store import FeatureStore
+
+    with FeatureStore(out) as fs:
+        return len(fs), list(fs.skipped)
