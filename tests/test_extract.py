@@ -1,0 +1,303 @@
+"""Stage 1 end to end: real images written with OpenCV, real TF backbones, real HDF5 files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from featx import FeatxError
+from featx import extract as extract_mod
+from featx.backbones import get_backbone
+from featx.extract import extract, features_for_files
+from featx.images import load_image, resize, tta_flip
+from featx.store import FeatureStore
+
+SIZE = 48  # small inputs keep random-weight backbones fast; the plumbing is the same at 224
+BACKBONE = "efficientnet_lite0"
+
+
+def _write_images(folder: Path, n: int, seed: int, shape=(40, 56)):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = rng.integers(0, 256, size=shape + (3,), dtype=np.uint8)
+        cv2.rectangle(img, (5, 5), (20 + i % 10, 25), (int(rng.integers(256)), 0, 255), -1)
+        assert cv2.imwrite(str(folder / f"img {i:03d}.png"), img)
+
+
+def make_dataset(root: Path, classes=("ants", "bees"), n=6, seed=0) -> Path:
+    for c, name in enumerate(classes):
+        _write_images(root / name, n, seed + c)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return get_backbone(BACKBONE, weights="none", image_size=SIZE)
+
+
+def run(dataset, output, **kw):
+    kw.setdefault("backbone", BACKBONE)
+    kw.setdefault("weights", "none")
+    kw.setdefault("image_size", SIZE)
+    kw.setdefault("progress", False)
+    kw.setdefault("echo", lambda *a: None)
+    return extract(dataset, output, **kw)
+
+
+def direct_features(backbone, files, flip=False):
+    batch = np.stack([resize(load_image(f), backbone.input_size) for f in files])
+    feats = backbone(backbone.preprocess(batch))
+    if flip:
+        mirrored = np.stack([resize(tta_flip(load_image(f)), backbone.input_size) for f in files])
+        feats = (feats + backbone(backbone.preprocess(mirrored))) / 2
+    return np.asarray(feats)
+
+
+def test_features_equal_backbone_applied_directly(tmp_path, backbone):
+    data = make_dataset(tmp_path / "insects", n=7)
+    out = tmp_path / "f.h5"
+    result = run(data, out, batch_size=4, buffer_size=3, workers=2)
+    assert result.rows == 14 and result.skipped == 0 and result.images_processed == 14
+    with FeatureStore(out) as fs:
+        assert fs.label_names == ["ants", "bees"]
+        assert len(fs) == 14
+        assert sorted(fs.paths) == sorted(f"{c}/img {i:03d}.png" for c in ("ants", "bees") for i in range(7))
+        for path, label in zip(fs.paths, fs.labels):
+            assert fs.label_names[label] == path.split("/")[0]
+        expected = direct_features(backbone, [data / p for p in fs.paths])
+        np.testing.assert_allclose(fs.features[:], expected, atol=1e-5, rtol=1e-5)
+        assert fs.attrs["backbone"] == BACKBONE and fs.attrs["image_size"] == SIZE
+        assert fs.complete
+    # the seeded shuffle is reproducible: a second run writes the same order
+    again = tmp_path / "g.h5"
+    run(data, again, batch_size=5, workers=0)
+    with FeatureStore(out) as a, FeatureStore(again) as b:
+        assert a.paths == b.paths
+        np.testing.assert_allclose(a.features[:], b.features[:], atol=1e-5)
+
+
+def test_features_for_files_skips_bad_files(tmp_path, backbone):
+    data = make_dataset(tmp_path / "d", classes=("x",), n=3)
+    bad = data / "x" / "broken.jpg"
+    bad.write_text("not an image")
+    files = sorted((data / "x").iterdir())
+    feats, kept, skipped = features_for_files(files, backbone, batch_size=2)
+    assert feats.shape == (3, backbone.feature_dim)
+    assert [Path(p).name for p, _ in skipped] == ["broken.jpg"] and skipped[0][1]
+    np.testing.assert_allclose(feats, direct_features(backbone, kept), atol=1e-5)
+
+
+def test_mixed_folder_records_undecodable_files(tmp_path):
+    data = make_dataset(tmp_path / "mixed", n=4)
+    (data / "ants" / "empty.png").write_bytes(b"")
+    (data / "bees" / "notes.jpg").write_text("hello")
+    (data / "bees" / "truncated.jpg").write_bytes(cv2.imencode(".jpg", np.zeros((30, 30, 3), np.uint8))[1][:40])
+    out = tmp_path / "m.h5"
+    result = run(data, out)
+    assert result.rows == 8
+    with FeatureStore(out) as fs:
+        skipped = dict(fs.skipped)
+        assert len(fs) == 8
+    assert {"ants/empty.png", "bees/notes.jpg"} <= set(skipped)
+    assert all(reason for reason in skipped.values())
+    assert result.skipped == len(skipped)
+    assert "skipped" in str(result)
+
+
+def test_nothing_decodable_fails_clearly_and_leaves_nothing(tmp_path):
+    data = tmp_path / "junk"
+    (data / "a").mkdir(parents=True)
+    (data / "a" / "x.jpg").write_text("nope")
+    out = tmp_path / "junk.h5"
+    with pytest.raises(FeatxError, match="could be decoded"):
+        run(data, out)
+    assert not out.exists() and not Path(str(out) + ".parts").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FeatxError):
+        run(empty, tmp_path / "e.h5")
+    with pytest.raises(FeatxError, match="not found"):
+        run(tmp_path / "missing", tmp_path / "e.h5")
+
+
+def test_split_folders_give_one_file_per_split_with_shared_classes(tmp_path):
+    root = tmp_path / "hymen"
+    make_dataset(root / "train", classes=("ants", "bees", "wasps"), n=3)
+    make_dataset(root / "val", classes=("ants", "bees"), n=2, seed=10)
+    result = run(root, tmp_path / "out" / "hymen.h5")
+    outputs = {f.split: f.output for f in result.files}
+    assert set(outputs) == {"train", "val"}
+    assert outputs["train"].name == "hymen-train.h5" and outputs["val"].name == "hymen-val.h5"
+    with FeatureStore(outputs["train"]) as tr, FeatureStore(outputs["val"]) as va:
+        assert tr.label_names == va.label_names == ["ants", "bees", "wasps"]
+        assert len(tr) == 9 and len(va) == 4
+        assert {va.label_names[i] for i in va.labels} == {"ants", "bees"}
+
+
+def test_default_output_is_features_folder(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "flowers", n=2)
+    monkeypatch.chdir(tmp_path)
+    result = run(data, None)
+    assert result.files[0].output == Path("features") / "flowers.h5"
+    assert (tmp_path / "features" / "flowers.h5").exists()
+
+
+def test_unlabeled_flat_folder(tmp_path):
+    data = tmp_path / "flat"
+    _write_images(data, 5, seed=3)
+    out = tmp_path / "flat.h5"
+    run(data, out)
+    with FeatureStore(out) as fs:
+        assert len(fs) == 5
+        assert (fs.labels == -1).all()
+        assert fs.label_names == []
+
+
+def test_augment_and_tta_rows(tmp_path, backbone):
+    data = make_dataset(tmp_path / "aug", n=3)
+    out = tmp_path / "aug.h5"
+    run(data, out, augment=2, batch_size=4)
+    with FeatureStore(out) as fs:
+        assert len(fs) == 6 * 3
+        assert sorted(np.bincount(fs.aug).tolist()) == [6, 6, 6]
+        for path in set(fs.paths):
+            rows = [i for i, p in enumerate(fs.paths) if p == path]
+            assert sorted(fs.aug[rows].tolist()) == [0, 1, 2]
+            originals = [i for i in rows if fs.aug[i] == 0]
+            np.testing.assert_allclose(fs.features[originals[0]], direct_features(backbone, [data / path])[0],
+                                       atol=1e-5)
+        assert fs.attrs["augment"] == 2
+    # augmentation is seeded per image: a second run gives the same rows
+    out2 = tmp_path / "aug2.h5"
+    run(data, out2, augment=2, batch_size=3)
+    with FeatureStore(out) as a, FeatureStore(out2) as b:
+        np.testing.assert_allclose(a.features[:], b.features[:], atol=1e-5)
+
+    tta = tmp_path / "tta.h5"
+    run(data, tta, tta="flip")
+    with FeatureStore(tta) as fs:
+        assert len(fs) == 6 and fs.attrs["tta"] == "flip"
+        expected = direct_features(backbone, [data / p for p in fs.paths], flip=True)
+        np.testing.assert_allclose(fs.features[:], expected, atol=1e-5)
+
+
+def test_two_backbones_one_run(tmp_path):
+    data = make_dataset(tmp_path / "two", n=3)
+    result = run(data, tmp_path / "two.h5", backbone="efficientnet_lite0,mobilenet_v2")
+    by_backbone = {f.backbone: f.output for f in result.files}
+    assert set(by_backbone) == {"efficientnet_lite0", "mobilenet_v2"}
+    with FeatureStore(by_backbone["efficientnet_lite0"]) as a, FeatureStore(by_backbone["mobilenet_v2"]) as b:
+        assert len(a) == len(b) == 6
+        assert a.paths == b.paths
+        assert a.dim == 1280 and b.dim == 1280
+        assert a.attrs["backbone"] != b.attrs["backbone"]
+    assert result.images_processed == 6  # each image decoded once for both
+
+
+def test_rerun_different_backbone_refused(tmp_path):
+    data = make_dataset(tmp_path / "r", n=2)
+    out = tmp_path / "r.h5"
+    run(data, out)
+    with pytest.raises(FeatxError, match="overwrite"):
+        run(data, out, pooling="max")
+    with FeatureStore(out) as fs:
+        assert len(fs) == 4 and fs.attrs["pooling"] == "avg"  # the existing file is untouched
+    run(data, out, pooling="max", overwrite=True)
+    with FeatureStore(out) as fs:
+        assert fs.attrs["pooling"] == "max"
+
+
+def test_rerun_of_complete_file_is_a_no_op(tmp_path):
+    data = make_dataset(tmp_path / "done", n=3)
+    out = tmp_path / "done.h5"
+    run(data, out)
+    before = out.stat().st_mtime_ns
+    result = run(data, out)
+    assert result.rows_new == 0 and result.rows == 6 and result.images_processed == 0
+    assert out.stat().st_mtime_ns == before
+
+
+def test_resume_after_exception_matches_uninterrupted_run(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "crash", n=10)
+    reference = tmp_path / "reference.h5"
+    run(data, reference, batch_size=2, buffer_size=3)
+
+    real = extract_mod._run_backbone
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash in the middle of the run")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract_mod, "_run_backbone", failing)
+    out = tmp_path / "crash.h5"
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(data, out, batch_size=2, buffer_size=3)
+    monkeypatch.setattr(extract_mod, "_run_backbone", real)
+    assert not out.exists() and Path(str(out) + ".parts").is_dir()
+
+    result = run(data, out, batch_size=2, buffer_size=3)
+    assert result.files[0].resumed and 0 < result.rows_new < 20
+    _assert_same_content(out, reference)
+
+
+def _assert_same_content(a, b):
+    with FeatureStore(a) as x, FeatureStore(b) as y:
+        assert x.paths == y.paths
+        np.testing.assert_array_equal(x.labels, y.labels)
+        np.testing.assert_allclose(x.features[:], y.features[:], atol=1e-5)
+        assert x.label_names == y.label_names
+        assert x.complete and y.complete
+
+
+KILL_SCRIPT = """
+import sys
+from featx.extract import extract
+extract(sys.argv[1], sys.argv[2], backbone="efficientnet_lite0", weights="none", image_size=160,
+        batch_size=2, buffer_size=2, workers=1, progress=False, echo=lambda *a: None)
+"""
+
+
+def test_sigkill_at_any_moment_then_rerun_completes(tmp_path):
+    data = make_dataset(tmp_path / "kill", n=30)
+    out = tmp_path / "kill.h5"
+    parts = Path(str(out) + ".parts")
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, str(script), str(data), str(out)], env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if parts.is_dir() and len(list(parts.glob("*.h5"))) >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the extraction finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+
+    kw = dict(image_size=160, batch_size=2, buffer_size=2)
+    result = run(data, out, **kw)
+    assert result.files[0].resumed and result.rows == 60
+    reference = tmp_path / "reference.h5"
+    run(data, reference, **kw)
+    _assert_same_content(out, reference)
+    with h5py.File(out, "r") as f:  # a plain h5py reader sees a complete, ordinary file
+        assert f["features"].shape == (60, 1280)
