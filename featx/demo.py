@@ -47,7 +47,7 @@ def write_digits(root, *, test_fraction=0.2, seed=0, size=32) -> tuple[int, int]
 def run_demo(workdir=".", *, backbone="efficientnet_lite0", weights="auto", heads=DEMO_HEADS,
              progress=True, echo=print):
     """Dataset -> features -> heads -> bundle -> predictions, saying at each step where outputs go."""
-    from featx.extract import extract
+    from featx.runner import extract
     from featx.train import predict, train
 
     work = Path(workdir)

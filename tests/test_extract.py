@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from featx import FeatxError
-from featx import extract as extract_mod
+from featx import runner as extract_mod
 from featx.backbones import get_backbone
-from featx.extract import extract, features_for_files
+from featx.runner import extract, features_for_files
 from featx.images import load_image, resize, tta_flip
 from featx.store import FeatureStore
 
@@ -264,7 +264,7 @@ def _assert_same_content(a, b):
 
 KILL_SCRIPT = """
 import sys
-from featx.extract import extract
+from featx.runner import extract
 extract(sys.argv[1], sys.argv[2], backbone="efficientnet_lite0", weights="none", image_size=160,
         batch_size=2, buffer_size=2, workers=1, progress=False, echo=lambda *a: None)
 """
