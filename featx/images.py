@@ -123,7 +123,8 @@ def list_dataset(root, *, seed: int | None = None, label_names: Sequence[str] | 
 
 
 def _checked_label_names(label_names: Sequence[str]) -> list[str]:
-    names = [str(name) for name in label_names]
+    # Names read back from HDF5 may be bytes.
+    names = [name.decode() if isinstance(name, bytes) else str(name) for name in label_names]
     if len(set(names)) != len(names):
         raise FeatxError(f"label names must be unique, got {names}")
     return names

@@ -308,6 +308,7 @@ def test_label_names_force_one_class_list(tmp_path):
     dataset = list_dataset(root, label_names=["bird", "cat", "dog"])
     assert dataset.label_names == ["bird", "cat", "dog"]
     assert dataset.labels.tolist() == [1, 2]  # cat/b.png, dog/a.png
+    assert list_dataset(root, label_names=[b"bird", b"cat", b"dog"]).label_names == ["bird", "cat", "dog"]
     with pytest.raises(FeatxError, match="fish"):
         list_dataset(make_tree(root, ["fish/c.png"]), label_names=["bird", "cat", "dog"])
 
