@@ -71,7 +71,7 @@ def _relative_image_paths(root: Path) -> list[Path]:
     return sorted((p for p in found if not _is_hidden(p)), key=lambda p: p.as_posix())
 
 
-def _sorted_class_names(names: Iterable[str]) -> list[str]:
+def sort_class_names(names: Iterable[str]) -> list[str]:
     """Sorted names; numerically when every name is an integer, so grade "10" follows "9"."""
     names = set(names)
     if names and all(re.fullmatch(r"[0-9]+", name) for name in names):
@@ -132,7 +132,7 @@ def _checked_label_names(label_names: Sequence[str]) -> list[str]:
 
 def _class_names(root: Path, found: set[str], label_names: Sequence[str] | None) -> list[str]:
     if label_names is None:
-        return _sorted_class_names(found)
+        return sort_class_names(found)
     names = _checked_label_names(label_names)
     unknown = sorted(found - set(names))
     if unknown:

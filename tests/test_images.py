@@ -21,6 +21,7 @@ from featx.images import (
     list_dataset,
     load_image,
     resize,
+    sort_class_names,
     try_load_image,
     tta_flip,
 )
@@ -282,6 +283,7 @@ def test_integer_class_names_are_ordered_by_value(tmp_path):
 def test_mixed_class_names_are_ordered_as_text(tmp_path):
     root = make_tree(tmp_path / "mixed", ["10/x.png", "2/x.png", "b/x.png"])
     assert list_dataset(root).label_names == ["10", "2", "b"]
+    assert sort_class_names({"10", "9", "0"}) == ["0", "9", "10"]  # runner merges split class lists
 
 
 def test_flat_folder_is_unlabeled(tmp_path):
