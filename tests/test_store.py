@@ -1,0 +1,327 @@
+"""The feature file: round trips, resume, crash safety, locking and readable errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from featx.errors import FeatxError
+from featx.store import (
+    FORMAT,
+    FeatureStore,
+    HDF5DatasetWriter,
+    check_compatible,
+    describe,
+)
+
+DIM = 5
+CLASSES = ["ants", "bees", "wasps"]
+PATHS = ["bees/ähre blüte 1.jpg", "猫/çat.png", "ants/with space.JPG"] + [f"c{i % 3}/img_{i}.jpg" for i in range(17)]
+RECIPE = {"backbone": "resnet50", "weights_id": "imagenet:sha256:abc", "pooling": "avg", "image_size": 224}
+
+
+def make_rows(n, start=0):
+    """Rows whose values encode their index, so any mix-up or duplicate is visible."""
+    rows = (np.arange(start, start + n)[:, None] * 10 + np.arange(DIM)) / 7
+    return rows.astype(np.float32)
+
+
+def write_file(path, n=len(PATHS), buf_size=7, **kwargs):
+    writer = HDF5DatasetWriter((n, DIM), path, dataKey="features", bufSize=buf_size, **kwargs)
+    writer.storeClassLabels(CLASSES)
+    for start in range(0, n, 3):
+        stop = min(start + 3, n)
+        writer.add(make_rows(stop - start, start), np.arange(start, stop) % 3, paths=PATHS[start:stop],
+                   aug=np.arange(start, stop) % 2)
+    return writer
+
+
+def assert_rows_exactly(store, n):
+    np.testing.assert_array_equal(store.features[:], make_rows(n))
+    np.testing.assert_array_equal(store.labels, np.arange(n) % 3)
+    assert store.paths == PATHS[:n]
+
+
+@pytest.mark.parametrize("buf_size", [1, 7, 1000])
+def test_round_trip_across_buffer_boundaries(tmp_path, buf_size):
+    path = tmp_path / "out.h5"
+    writer = write_file(path, buf_size=buf_size)
+    writer.skip("ants/imageNotFound.gif", "OpenCV cannot decode it")
+    writer.set_attrs(**RECIPE)
+    # Rows come 3 at a time: with bufSize 7, shards of 9 rows, and 2 rows + 1 skip left
+    # in a partial buffer that only close() writes.
+    assert writer.rows_written == {1: 20, 7: 18, 1000: 0}[buf_size]
+    writer.close()
+    assert not os.path.exists(f"{path}.parts") and not os.path.exists(f"{path}.lock")
+
+    with FeatureStore(path) as store:
+        assert len(store) == 20 and store.dim == DIM and store.dtype == np.float32
+        assert_rows_exactly(store, 20)
+        np.testing.assert_array_equal(store.aug, np.arange(20) % 2)
+        assert store.label_names == CLASSES
+        assert store.skipped == [("ants/imageNotFound.gif", "OpenCV cannot decode it")]
+        assert store.complete and store.data_key == "features"
+        assert store.recipe == RECIPE
+
+    with h5py.File(path, "r") as f:  # the same through plain h5py
+        assert f.attrs["format"] == FORMAT and bool(f.attrs["complete"])
+        np.testing.assert_array_equal(f["features"][:], make_rows(20))
+        np.testing.assert_array_equal(f["labels"][:], np.arange(20) % 3)
+        assert f["labels"].dtype == np.int64
+        assert list(f["paths"].asstr()[:]) == PATHS
+        assert list(f["label_names"].asstr()[:]) == CLASSES
+        np.testing.assert_array_equal(f["aug"][:], np.arange(20) % 2)
+        assert f["features"].maxshape == (None, DIM) and f["features"].chunks is not None
+        assert f["skipped"].shape == (1, 2)
+
+
+def test_seeds_usage_without_paths_reads_with_plain_h5py(tmp_path):
+    path = str(tmp_path / "seeds.h5")
+    writer = HDF5DatasetWriter((6, DIM), path, dataKey="features", bufSize=4)
+    writer.storeClassLabels(np.array(["cat", "dog"]))
+    for i in range(3):
+        writer.add(make_rows(2, 2 * i), [0, 1])
+    writer.close()
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["features"][:], make_rows(6))
+        assert list(f["labels"][:]) == [0, 1] * 3
+        assert "aug" not in f and f["skipped"].shape == (0, 2)
+    with FeatureStore(path) as store:
+        assert store.aug is None and store.skipped == [] and store.paths == [""] * 6
+
+
+def test_float16_and_int_dims(tmp_path):
+    path = tmp_path / "half.h5"
+    with HDF5DatasetWriter(DIM, path, dtype="float16") as writer:
+        writer.add(make_rows(4), [-1] * 4)
+    with FeatureStore(path) as store:
+        assert store.dtype == np.float16 and store.data_key == "images"
+        np.testing.assert_array_equal(store.features[:], make_rows(4).astype(np.float16))
+        assert list(store.labels) == [-1] * 4
+
+
+def test_append_mode_keeps_rows_and_adds_after_them(tmp_path):
+    path = tmp_path / "out.h5"
+    write_file(path, n=8, attrs=RECIPE).close()
+    writer = HDF5DatasetWriter((20, DIM), path, dataKey="features", bufSize=5, mode="a", attrs=RECIPE)
+    assert writer.done_paths == set(PATHS[:8]) and writer.rows_written == 8
+    writer.storeClassLabels(CLASSES)
+    writer.add(make_rows(12, 8), np.arange(8, 20) % 3, paths=PATHS[8:])
+    writer.close()
+    with FeatureStore(path) as store:
+        assert_rows_exactly(store, 20)
+
+
+def test_mode_w_dash_refuses_existing_and_w_overwrites(tmp_path):
+    path = tmp_path / "out.h5"
+    write_file(path).close()
+    with pytest.raises(FeatxError, match="already exists.*--overwrite"):
+        HDF5DatasetWriter(DIM, path, dataKey="features")
+    with HDF5DatasetWriter(DIM, path, dataKey="features", mode="w") as writer:
+        writer.add(make_rows(2), [0, 1])
+    with FeatureStore(path) as store:
+        assert len(store) == 2
+
+    unfinished = tmp_path / "unfinished.h5"
+    write_file(unfinished, buf_size=3).abort()
+    with pytest.raises(FeatxError, match="unfinished extraction"):
+        HDF5DatasetWriter(DIM, unfinished, dataKey="features")
+
+
+def test_resume_after_exception_completes_without_duplicates(tmp_path):
+    path = tmp_path / "out.h5"
+    with pytest.raises(RuntimeError):
+        with HDF5DatasetWriter(DIM, path, dataKey="features", bufSize=4, attrs=RECIPE) as writer:
+            writer.storeClassLabels(CLASSES)
+            writer.add(make_rows(6), np.arange(6) % 3, paths=PATHS[:6])
+            raise RuntimeError("backbone crashed")
+    assert not path.exists() and os.path.isdir(f"{path}.parts")
+    with pytest.raises(FeatxError, match="incomplete.*6 rows.*featx extract"):
+        FeatureStore(path)
+    assert "INCOMPLETE" in describe(path) and "rows so far: 6" in describe(path)
+
+    with HDF5DatasetWriter(DIM, path, dataKey="features", bufSize=4, mode="a", attrs=RECIPE) as writer:
+        todo = [i for i, p in enumerate(PATHS) if p not in writer.done_paths]
+        assert todo == list(range(6, 20))
+        writer.add(make_rows(14, 6), np.arange(6, 20) % 3, paths=PATHS[6:])
+    with FeatureStore(path) as store:
+        assert_rows_exactly(store, 20)
+        assert store.label_names == CLASSES and store.recipe == RECIPE
+
+
+@pytest.mark.parametrize("with_paths", [True, False])
+def test_kill_after_final_replace_before_shard_removal(tmp_path, with_paths):
+    """Shards left next to the file they were assembled into must not be read twice."""
+    path = tmp_path / "out.h5"
+    writer = HDF5DatasetWriter(DIM, path, dataKey="features", bufSize=3)
+    writer.add(make_rows(7), np.arange(7) % 3, paths=PATHS[:7] if with_paths else None)
+    writer.flush()
+    shutil.copytree(f"{path}.parts", tmp_path / "saved.parts")
+    writer.close()
+    shutil.copytree(tmp_path / "saved.parts", f"{path}.parts")  # as if rmtree never ran
+
+    with HDF5DatasetWriter(DIM, path, dataKey="features", mode="a") as writer:
+        assert writer.rows_written == 7
+        writer.add(make_rows(1, 7), [1], paths=PATHS[7:8] if with_paths else None)
+    with FeatureStore(path) as store:
+        np.testing.assert_array_equal(store.features[:], make_rows(8))
+
+
+def test_temp_leftovers_are_ignored_and_removed(tmp_path):
+    path = tmp_path / "out.h5"
+    write_file(path, buf_size=5).abort()
+    garbage = [tmp_path / "out.h5.tmp-99999", tmp_path / "out.h5.parts" / ".shard-000009.h5.tmp-99999"]
+    for junk in garbage:
+        junk.write_bytes(b"half-written HDF5")
+    with HDF5DatasetWriter(DIM, path, dataKey="features", mode="a"):
+        assert not any(junk.exists() for junk in garbage)
+    with FeatureStore(path) as store:
+        assert_rows_exactly(store, 20)
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from featx.store import HDF5DatasetWriter
+
+    path, dim = sys.argv[1], int(sys.argv[2])
+    writer = HDF5DatasetWriter(dim, path, dataKey="features", bufSize=4)
+    i = 0
+    while True:  # write until killed
+        writer.add(np.full((1, dim), i, np.float32), [i % 2], paths=[f"img/{i}.png"])
+        i += 1
+        if i % 4 == 0:
+            print(writer.rows_written, flush=True)
+    """
+)
+
+
+def test_resume_after_sigkill_mid_write(tmp_path):
+    path = tmp_path / "killed.h5"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(DIM)], stdout=subprocess.PIPE,
+                             text=True)
+    reported = 0
+    for line in child.stdout:
+        reported = int(line)
+        if reported >= 200:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+
+    # The lock died with the child; every flushed row is still there.
+    with HDF5DatasetWriter(DIM, path, dataKey="features", mode="a") as writer:
+        durable = writer.rows_written
+        assert durable >= reported
+        assert writer.done_paths == {f"img/{i}.png" for i in range(durable)}
+    with FeatureStore(path) as store:
+        assert len(store) == durable
+        assert store.paths == [f"img/{i}.png" for i in range(durable)]
+        np.testing.assert_array_equal(store.features[:, 0], np.arange(durable, dtype=np.float32))
+
+
+def test_identity_mismatch_is_refused_naming_the_key(tmp_path):
+    path = tmp_path / "out.h5"
+    write_file(path, attrs=RECIPE).close()
+    with pytest.raises(FeatxError, match=r"backbone: 'resnet50' -> 'vgg16'.*--overwrite") as err:
+        HDF5DatasetWriter(DIM, path, dataKey="features", mode="a", attrs={**RECIPE, "backbone": "vgg16"})
+    assert "pooling" not in str(err.value)
+
+    with HDF5DatasetWriter(DIM, path, dataKey="features", mode="a") as writer:
+        with pytest.raises(FeatxError, match=r"pooling: 'avg' -> 'max'"):
+            writer.set_attrs(pooling="max")
+        writer.set_attrs(dataset_root="datasets/bees")  # provenance that is not identity may change
+    with pytest.raises(FeatxError, match="feature dim: 5 -> 8"):
+        HDF5DatasetWriter(8, path, dataKey="features", mode="a")
+    with FeatureStore(path) as store:
+        assert len(store) == 20 and store.attrs["dataset_root"] == "datasets/bees"
+
+
+def test_second_writer_is_refused_while_first_is_open(tmp_path):
+    path = tmp_path / "out.h5"
+    first = HDF5DatasetWriter(DIM, path, dataKey="features")
+    with pytest.raises(FeatxError, match="being written by another process"):
+        HDF5DatasetWriter(DIM, path, dataKey="features", mode="a")
+    first.add(make_rows(2), [0, 1])
+    first.close()
+    with HDF5DatasetWriter(DIM, path, dataKey="features", mode="a") as again:
+        assert again.rows_written == 2
+
+
+def test_bad_input_is_refused_without_losing_flushed_rows(tmp_path):
+    path = tmp_path / "out.h5"
+    writer = HDF5DatasetWriter(DIM, path, dataKey="features", bufSize=2)
+    writer.add(make_rows(3), [0, 1, 2])
+    with pytest.raises(FeatxError, match=r"shape \(2, 4\).*\(n, 5\)"):
+        writer.add(np.zeros((2, 4)), [0, 1])
+    with pytest.raises(FeatxError, match="3 feature rows but 2 labels"):
+        writer.add(make_rows(3, 3), [0, 1])
+    with pytest.raises(FeatxError, match="1 feature rows but 2 paths"):
+        writer.add(make_rows(1, 3), [0], paths=["a", "b"])
+    writer.close()
+    with FeatureStore(path) as store:
+        np.testing.assert_array_equal(store.features[:], make_rows(3))
+
+
+def test_unreadable_inputs_give_one_line_errors(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["weights"] = np.zeros(3)
+    text = tmp_path / "notes.txt"
+    text.write_text("not hdf5")
+    cases = {tmp_path / "missing.h5": "does not exist", other: "not a featx feature file",
+             text: "not an HDF5 file", tmp_path: "is a folder"}
+    for path, expected in cases.items():
+        with pytest.raises(FeatxError, match=expected) as err:
+            FeatureStore(path)
+        assert "\n" not in str(err.value)
+
+
+def test_reads_seeds_style_files(tmp_path):
+    path = tmp_path / "seeds.h5"
+    with h5py.File(path, "w") as f:
+        f["images"] = make_rows(4)
+        f["labels"] = np.array([0, 1, 1, 0])
+        f.create_dataset("label_names", data=["cat", "dog"], dtype=h5py.string_dtype())
+    with FeatureStore(path) as store:
+        assert store.data_key == "images" and store.recipe == {} and store.label_names == ["cat", "dog"]
+        batches = list(store.iter_batches(3))
+        assert [start for _, _, start in batches] == [0, 3]
+        np.testing.assert_array_equal(np.concatenate([b for b, _, _ in batches]), make_rows(4))
+        assert list(np.concatenate([y for _, y, _ in batches])) == [0, 1, 1, 0]
+
+
+def test_check_compatible_names_the_differing_key(tmp_path):
+    write_file(tmp_path / "a.h5", attrs=RECIPE).close()
+    write_file(tmp_path / "b.h5", attrs={**RECIPE, "pooling": "max"}).close()
+    with FeatureStore(tmp_path / "a.h5") as a, FeatureStore(tmp_path / "b.h5") as b:
+        a.check_compatible(RECIPE)
+        with pytest.raises(FeatxError, match=r"pooling: 'avg' vs 'max'") as err:
+            a.check_compatible(b)
+        assert "resnet50" not in str(err.value)
+        with pytest.raises(FeatxError, match="layer: '\\(not recorded\\)' vs 'block5'"):
+            check_compatible([a, {**RECIPE, "layer": "block5"}])
+
+
+def test_describe_reports_what_was_written(tmp_path):
+    path = tmp_path / "out.h5"
+    writer = write_file(path, attrs=RECIPE)
+    writer.add(make_rows(1), [-1], paths=["unlabeled/x.jpg"])
+    for i in range(7):
+        writer.skip(f"broken/{i}.gif", "cannot decode")
+    writer.close(complete=False)
+    text = describe(path)
+    for expected in ["rows: 21", "feature dim: 5 (float32", "classes: 3", "ants   7", "bees   7",
+                     "wasps  6", "(unlabeled)  1", "backbone: resnet50", "weights: imagenet:sha256:abc",
+                     "pooling: avg", "image size: 224", "INCOMPLETE", "skipped files: 7",
+                     "broken/0.gif: cannot decode", "... and 2 more"]:
+        assert expected in text, expected
