@@ -37,7 +37,7 @@ _STR = h5py.string_dtype("utf-8")
 # Attributes the writer owns; user attrs cannot override them.
 _RESERVED_ATTRS = frozenset(
     {"format", "featx_version", "data_key", "created", "complete", "parts_generation",
-     "dim", "dtype", "has_aug", "shard_index"}
+     "has_aug", "shard_index"}
 )
 _CHUNK_BYTES = 512 * 1024  # within h5py's recommended 0.1-1 MiB chunk size
 _COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied per step while assembling
@@ -244,13 +244,17 @@ class _Contents:
 def _open_featx_file(path: str, allow_legacy: bool) -> tuple[h5py.File, str]:
     """Open a feature file read-only; returns (file, data_key) or raises FeatxError."""
     if os.path.isdir(path):
-        raise FeatxError(f"{path} is a folder, not a feature file; give the .h5 file made by `featx extract`")
+        raise FeatxError(
+            f"{path} is a folder, not a feature file; give the .h5 file made by `featx extract`"
+        )
     if not h5py.is_hdf5(path):
         raise FeatxError(f"{path} is not an HDF5 file; give a feature file made by `featx extract`")
     try:
         h5file = h5py.File(path, "r")
     except OSError as exc:
-        raise FeatxError(f"{path} cannot be opened as HDF5 ({exc}); recreate it with `featx extract`") from None
+        raise FeatxError(
+            f"{path} cannot be opened as HDF5 ({exc}); recreate it with `featx extract`"
+        ) from None
     fmt = _plain(h5file.attrs.get("format", ""))
     if fmt == FORMAT:
         data_key = _plain(h5file.attrs.get("data_key", "features"))
@@ -279,7 +283,8 @@ def _open_shard(path: str) -> tuple[h5py.File, _Contents]:
         h5file = h5py.File(path, "r")
     except OSError as exc:
         raise FeatxError(
-            f"shard {path} is unreadable ({exc}); delete it to lose its rows, or start over with --overwrite"
+            f"shard {path} is unreadable ({exc}); "
+            "delete it to lose its rows, or start over with --overwrite"
         ) from None
     return h5file, _Contents(h5file, _plain(h5file.attrs["data_key"]))
 
@@ -481,12 +486,13 @@ class HDF5DatasetWriter:
     def add(self, rows, labels, paths=None, aug=None) -> None:
         """Buffer n feature rows with their labels (-1 = unlabeled), paths and aug indices."""
         self._ensure_open()
-        rows, labels, paths, aug = self._validated_batch(rows, labels, paths, aug)
+        rows, labels, paths, aug_indices = self._validated_batch(rows, labels, paths, aug)
+        self._any_aug = self._any_aug or aug is not None
         self._lock_identity()
         self._buf_rows.append(rows)
         self._buf_labels.append(labels)
         self._buf_paths.extend(paths)
-        self._buf_aug.append(aug)
+        self._buf_aug.append(aug_indices)
         self._buf_count += len(rows)
         self._done_paths.update(p for p in paths if p)
         self._flush_if_full()
@@ -562,33 +568,12 @@ class HDF5DatasetWriter:
                 f"feature rows have shape {rows.shape} but {self.outputPath} holds (n, {self.dim}); "
                 "check the backbone and pooling that produced them"
             )
-        n = rows.shape[0]
         if not np.issubdtype(rows.dtype, np.number) or np.issubdtype(rows.dtype, np.complexfloating):
             raise FeatxError(f"feature rows must be real numbers, got dtype {rows.dtype}")
-        labels = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels).ravel()
-        if labels.shape[0] != n:
-            raise FeatxError(f"got {n} feature rows but {labels.shape[0]} labels; give one label per row")
-        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
-            labels = labels.astype(np.int64)
-        if labels.dtype.kind not in "iub":
-            raise FeatxError(f"labels must be integer class indices (-1 = unlabeled), got dtype {labels.dtype}")
-        if paths is None:
-            paths = [""] * n
-        else:
-            paths = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in paths]
-            if len(paths) != n:
-                raise FeatxError(f"got {n} feature rows but {len(paths)} paths; give one path per row")
-        if aug is None:
-            aug = np.zeros(n, dtype=np.int64)
-        else:
-            aug = np.broadcast_to(np.asarray(aug), (n,)) if np.ndim(aug) == 0 else np.asarray(aug).ravel()
-            if aug.shape[0] != n:
-                raise FeatxError(f"got {n} feature rows but {aug.shape[0]} aug indices; give one per row")
-            if aug.dtype.kind not in "iu":
-                raise FeatxError(f"aug must be integer copy indices (0 = original), got dtype {aug.dtype}")
-            self._any_aug = True
-        return (np.array(rows, dtype=self.dtype, copy=True), labels.astype(np.int64),
-                paths, np.array(aug, dtype=np.int64))
+        n = rows.shape[0]
+        # Copy: the caller may reuse its batch array while ours waits in the buffer.
+        return (np.array(rows, dtype=self.dtype, copy=True), _validated_labels(labels, n),
+                _validated_paths(paths, n), _validated_aug(aug, n))
 
     def _reset_buffer(self) -> None:
         self._buf_rows: list[np.ndarray] = []
@@ -677,6 +662,39 @@ class HDF5DatasetWriter:
             yield shard, h5file
 
 
+def _validated_labels(labels, n: int) -> np.ndarray:
+    labels = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels).ravel()
+    if labels.shape[0] != n:
+        raise FeatxError(f"got {n} feature rows but {labels.shape[0]} labels; give one label per row")
+    integral_floats = labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and \
+        np.all(labels == np.round(labels))
+    if labels.dtype.kind not in "iub" and not integral_floats:
+        raise FeatxError(
+            f"labels must be integer class indices (-1 = unlabeled), got dtype {labels.dtype}"
+        )
+    return labels.astype(np.int64)
+
+
+def _validated_paths(paths, n: int) -> list[str]:
+    if paths is None:
+        return [""] * n
+    paths = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in paths]
+    if len(paths) != n:
+        raise FeatxError(f"got {n} feature rows but {len(paths)} paths; give one path per row")
+    return paths
+
+
+def _validated_aug(aug, n: int) -> np.ndarray:
+    if aug is None:
+        return np.zeros(n, dtype=np.int64)
+    aug = np.full(n, aug) if np.ndim(aug) == 0 else np.asarray(aug).ravel()
+    if aug.shape[0] != n:
+        raise FeatxError(f"got {n} feature rows but {aug.shape[0]} aug indices; give one per row")
+    if aug.dtype.kind not in "iu":
+        raise FeatxError(f"aug must be integer copy indices (0 = original), got dtype {aug.dtype}")
+    return aug.astype(np.int64)
+
+
 class _FinalSink:
     """Streams rows into the final file's resizable datasets, dropping (path, aug) repeats."""
 
@@ -759,7 +777,9 @@ class FeatureStore:
             self.attrs = contents.attrs
         except Exception as exc:
             self._file.close()
-            raise FeatxError(f"{self.path} is damaged ({exc}); recreate it with `featx extract`") from None
+            raise FeatxError(
+                f"{self.path} is damaged ({exc}); recreate it with `featx extract`"
+            ) from None
         if len(self.labels) != len(self.features):
             n_labels, n_rows = len(self.labels), len(self.features)
             self._file.close()
@@ -954,7 +974,7 @@ def _attr_lines(attrs: dict) -> list[str]:
     shown = {"backbone": "backbone", "weights_id": "weights", "pooling": "pooling",
              "image_size": "image size", "layer": "layer", "tta": "tta"}
     lines = [f"{label}: {attrs[key]}" for key, label in shown.items() if key in attrs]
-    hidden = set(shown) | {"format", "complete", "data_key", "parts_generation", "shard_index", "has_aug"}
+    hidden = set(shown) | _RESERVED_ATTRS - {"created", "featx_version"}
     lines += [f"{key}: {attrs[key]}" for key in sorted(attrs) if key not in hidden]
     return lines
 

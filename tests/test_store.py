@@ -24,8 +24,10 @@ from featx.store import (
 
 DIM = 5
 CLASSES = ["ants", "bees", "wasps"]
-PATHS = ["bees/ähre blüte 1.jpg", "猫/çat.png", "ants/with space.JPG"] + [f"c{i % 3}/img_{i}.jpg" for i in range(17)]
-RECIPE = {"backbone": "resnet50", "weights_id": "imagenet:sha256:abc", "pooling": "avg", "image_size": 224}
+PATHS = ["bees/ähre blüte 1.jpg", "猫/çat.png", "ants/with space.JPG"]
+PATHS += [f"c{i % 3}/img_{i}.jpg" for i in range(17)]
+RECIPE = {"backbone": "resnet50", "weights_id": "imagenet:sha256:abc", "pooling": "avg",
+          "image_size": 224}
 
 
 def make_rows(n, start=0):
@@ -101,11 +103,11 @@ def test_seeds_usage_without_paths_reads_with_plain_h5py(tmp_path):
 def test_float16_and_int_dims(tmp_path):
     path = tmp_path / "half.h5"
     with HDF5DatasetWriter(DIM, path, dtype="float16") as writer:
-        writer.add(make_rows(4), [-1] * 4)
+        writer.add(make_rows(4), [-1.0] * 4, aug=2)
     with FeatureStore(path) as store:
         assert store.dtype == np.float16 and store.data_key == "images"
         np.testing.assert_array_equal(store.features[:], make_rows(4).astype(np.float16))
-        assert list(store.labels) == [-1] * 4
+        assert list(store.labels) == [-1] * 4 and list(store.aug) == [2] * 4
 
 
 def test_append_mode_keeps_rows_and_adds_after_them(tmp_path):
@@ -323,5 +325,5 @@ def test_describe_reports_what_was_written(tmp_path):
     for expected in ["rows: 21", "feature dim: 5 (float32", "classes: 3", "ants   7", "bees   7",
                      "wasps  6", "(unlabeled)  1", "backbone: resnet50", "weights: imagenet:sha256:abc",
                      "pooling: avg", "image size: 224", "INCOMPLETE", "skipped files: 7",
-                     "broken/0.gif: cannot decode", "... and 2 more"]:
+                     "broken/0.gif: cannot decode", "... and 2 more", "featx_version: "]:
         assert expected in text, expected
