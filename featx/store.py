@@ -390,7 +390,10 @@ class HDF5DatasetWriter:
         self._load_shards(shards)
 
     def _load_final(self) -> None:
-        h5file, data_key = _open_featx_file(self.outputPath, allow_legacy=False)
+        try:
+            h5file, data_key = _open_featx_file(self.outputPath, allow_legacy=False)
+        except FeatxError as exc:
+            raise FeatxError(f"cannot resume: {exc}; or pass --overwrite to replace it") from None
         with h5file:
             final = _Contents(h5file, data_key)
             self._check_layout(final, self.outputPath)

@@ -286,6 +286,8 @@ def test_unreadable_inputs_give_one_line_errors(tmp_path):
         with pytest.raises(FeatxError, match=expected) as err:
             FeatureStore(path)
         assert "\n" not in str(err.value)
+    with pytest.raises(FeatxError, match="cannot resume.*not a featx feature file.*--overwrite"):
+        HDF5DatasetWriter(DIM, other, mode="a")
 
 
 def test_reads_seeds_style_files(tmp_path):
