@@ -378,7 +378,7 @@ class HDF5DatasetWriter:
         if self.mode == "w-" and (exists or shards):
             what = self.outputPath if exists else f"an unfinished extraction at {self._parts}"
             raise FeatxError(
-                f"{what} already exists; pass --overwrite to start over or --resume to continue it"
+                f"{what} already exists; rerun `featx extract` to continue it (it resumes), or pass --overwrite to start over"
             )
         if self.mode == "w":
             if exists:
@@ -619,7 +619,7 @@ class HDF5DatasetWriter:
             if os.path.exists(tmp_path):
                 os.remove(tmp_path)
             raise FeatxError(
-                f"could not write {final_path} ({exc}); free disk space, then resume with --resume"
+                f"could not write {final_path} ({exc}); free disk space, then rerun the same command to resume"
             ) from None
         self._shard_rows += self._buf_count
         self._next_shard += 1
@@ -651,7 +651,7 @@ class HDF5DatasetWriter:
             if os.path.exists(tmp_path):
                 os.remove(tmp_path)
             raise FeatxError(
-                f"could not write {self.outputPath} ({exc}); free disk space, then resume with --resume"
+                f"could not write {self.outputPath} ({exc}); free disk space, then rerun the same command to resume"
             ) from None
         # The final file now records this generation, so a kill during removal is harmless.
         shutil.rmtree(self._parts, ignore_errors=True)
@@ -795,7 +795,7 @@ class FeatureStore:
         if shards:
             rows = _rows_in_shards(shards)
             return (f"{path} is incomplete: the extraction stopped after {rows} rows; "
-                    "rerun `featx extract` with --resume to finish it")
+                    "rerun the same `featx extract` command to finish it")
         return f"{path} does not exist; create it with `featx extract`"
 
     @property
@@ -904,7 +904,7 @@ def describe(path, max_skipped: int = 5) -> str:
         pending = _pending_rows(path, store.attrs.get("parts_generation"), shards)
     if pending:
         lines.append(f"in progress: {pending} more rows waiting in {_parts_dir(path)} "
-                     "(rerun `featx extract` with --resume to add them)")
+                     "(rerun the same `featx extract` command to add them)")
     return "\n".join(lines)
 
 
@@ -920,7 +920,7 @@ def _pending_rows(path: str, final_generation, shards) -> int:
 
 def _describe_store(store: FeatureStore, max_skipped: int) -> list[str]:
     fmt = store.attrs.get("format", "seeds-style HDF5 (no format attribute)")
-    state = "complete" if store.complete else "INCOMPLETE (rerun `featx extract` with --resume)"
+    state = "complete" if store.complete else "INCOMPLETE (rerun the same `featx extract` command to finish it)"
     lines = [
         f"{store.path}: {fmt}, {state}",
         f"rows: {len(store)}",
@@ -948,7 +948,7 @@ def _describe_in_progress(path: str, shards, max_skipped: int) -> str:
             dim, dtype = shard.dim, shard.features.dtype
     lines = [
         f"{path}: INCOMPLETE extraction in progress ({len(shards)} shards in {_parts_dir(path)}); "
-        "rerun `featx extract` with --resume to finish it",
+        "rerun the same `featx extract` command to finish it",
         f"rows so far: {rows}",
         f"feature dim: {dim} ({dtype})",
     ]
