@@ -1,0 +1,186 @@
+"""What a trained head is worth: metrics with bootstrap intervals, the leaderboard, confusion matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from featx.heads import quadratic_weighted_kappa
+
+__all__ = [
+    "accuracy",
+    "bootstrap_ci",
+    "confusion_matrix",
+    "confusion_text",
+    "f1_macro",
+    "leaderboard_table",
+    "quadratic_weighted_kappa",
+    "save_confusion_png",
+]
+
+# Leaderboard columns, in display order: (row key, header). Metric columns print "value [low, high]".
+_METRIC_COLUMNS = (("accuracy", "accuracy"), ("f1_macro", "macro F1"), ("qwk", "QWK"))
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) label indices in 0..n_classes-1; rows are the true class."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    flat = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes)
+    return flat.reshape(n_classes, n_classes)
+
+
+def accuracy(y_true, y_pred) -> float:
+    """Fraction of predictions equal to the truth."""
+    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+
+
+def f1_macro(y_true, y_pred, labels: Sequence[int] | None = None) -> float:
+    """Unweighted mean of per-class F1 over `labels` (default: every label in y_true or y_pred).
+
+    Written with numpy because the bootstrap calls it a thousand times per head; it matches
+    `sklearn.metrics.f1_score(average="macro", labels=labels, zero_division=0)`.
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if labels is None:
+        labels = np.union1d(y_true, y_pred)
+    labels = np.asarray(labels)
+    hits = y_true[:, None] == labels[None, :]
+    calls = y_pred[:, None] == labels[None, :]
+    true_pos = np.sum(hits & calls, axis=0)
+    denominator = hits.sum(axis=0) + calls.sum(axis=0)
+    per_class = np.divide(2 * true_pos, denominator, out=np.zeros(len(labels)), where=denominator > 0)
+    return float(per_class.mean())
+
+
+def bootstrap_ci(
+    y_true, y_pred, metric_fn: Callable[[np.ndarray, np.ndarray], float], n: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of `metric_fn` over `n` seeded resamples of the rows (with replacement)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if n <= 0 or len(y_true) == 0:
+        value = float(metric_fn(y_true, y_pred)) if len(y_true) else float("nan")
+        return value, value
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(y_true), size=(n, len(y_true)))
+    scores = np.array([metric_fn(y_true[take], y_pred[take]) for take in rows], dtype=float)
+    scores = scores[np.isfinite(scores)]
+    if len(scores) == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _format_number(value) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    return "nan" if not np.isfinite(value) else f"{value:.3f}"
+
+
+def _format_metric(row: dict, key: str) -> str:
+    if row.get(key) is None:
+        return "-"
+    text = _format_number(row[key])
+    interval = row.get(f"{key}_ci")
+    if interval is not None:
+        text += f" [{_format_number(interval[0])}, {_format_number(interval[1])}]"
+    return text
+
+
+def _format_params(params) -> str:
+    if params is None or params == {} or params == "-":
+        return "-"
+    if isinstance(params, dict):
+        return ", ".join(f"{name}={_format_param_value(value)}" for name, value in params.items())
+    return str(params)
+
+
+def _format_param_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format_param_value(item) for item in value) + "]"
+    return str(value)
+
+
+def leaderboard_table(rows: Sequence[dict]) -> str:
+    """Aligned plain-text table of leaderboard rows (one per head).
+
+    Rows use the keys `head`, `params` (dict or text), `cv_score`, `accuracy`, `f1_macro`, `qwk`
+    (each metric optionally with `<metric>_ci` = (low, high)) and `fit_seconds`; a metric column
+    appears only when some row has it.
+    """
+    columns: list[tuple[str, Callable[[dict], str]]] = [
+        ("head", lambda row: str(row.get("head", "-"))),
+        ("params", lambda row: _format_params(row.get("params"))),
+        ("cv score", lambda row: _format_number(row.get("cv_score"))),
+    ]
+    for key, header in _METRIC_COLUMNS:
+        if any(row.get(key) is not None for row in rows):
+            columns.append((header, lambda row, key=key: _format_metric(row, key)))
+    columns.append(("fit s", lambda row: _format_seconds(row.get("fit_seconds"))))
+    cells = [[header for header, _ in columns]]
+    cells += [[render(row) for _, render in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _format_seconds(seconds) -> str:
+    return "-" if seconds is None else f"{float(seconds):.2f}"
+
+
+def confusion_text(cm, names: Sequence[str]) -> str:
+    """The confusion matrix as an aligned table: rows are the true class, columns the prediction."""
+    cm = np.asarray(cm)
+    names = [str(name) for name in names]
+    corner = "true \\ predicted"
+    first_width = max([len(corner)] + [len(name) for name in names])
+    widths = [max(len(name), len(str(cm[:, j].max())) if cm.size else 1) for j, name in enumerate(names)]
+    header = corner.ljust(first_width) + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))
+    lines = [header.rstrip()]
+    for i, name in enumerate(names):
+        counts = "  ".join(str(count).rjust(w) for count, w in zip(cm[i], widths))
+        lines.append(name.ljust(first_width) + "  " + counts)
+    return "\n".join(lines)
+
+
+def save_confusion_png(cm, names: Sequence[str], path: str | Path, *, title: str | None = None) -> Path:
+    """Draw the confusion matrix (counts, row-normalised colour) to a PNG file."""
+    # A bare Figure with the Agg canvas, not pyplot: no global backend switch (safe in notebooks and
+    # threads), and matplotlib is imported only when a picture is asked for.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(cm)
+    names = [str(name) for name in names]
+    row_totals = cm.sum(axis=1, keepdims=True)
+    shares = np.divide(cm, row_totals, out=np.zeros(cm.shape), where=row_totals > 0)
+    side = max(3.5, 0.6 * len(names) + 2.0)
+    figure = Figure(figsize=(side + 1.0, side))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="share of true class")
+    axes.set_xticks(range(len(names)), labels=names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), labels=names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if title:
+        axes.set_title(title)
+    if len(names) <= 30:  # beyond that the numbers are unreadable anyway
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                colour = "white" if shares[i, j] > 0.5 else "black"
+                axes.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour, fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
