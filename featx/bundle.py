@@ -1,0 +1,133 @@
+"""A trained head saved with everything needed to predict from raw images, loaded without running code."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import skops.io
+from skops.io.exceptions import UntrustedTypesFoundException
+
+import featx
+from featx.errors import FeatxError
+
+__all__ = ["BUNDLE_FORMAT", "Bundle", "load_bundle", "save_bundle", "trusted_types"]
+
+BUNDLE_FORMAT = "featx-bundle/1"
+
+# Types a featx bundle may hold beyond what skops trusts by default. Reviewed by hand: each is a
+# plain data holder or a scikit-learn function/object that our heads store after fitting (CV
+# splitters, scorers, optimiser state, calibrators). Never extend this from a file's own contents.
+_SKLEARN_TYPES = (
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.isotonic.IsotonicRegression",
+    "sklearn.metrics._classification.accuracy_score",
+    "sklearn.metrics._classification.cohen_kappa_score",
+    "sklearn.metrics._classification.f1_score",
+    "sklearn.metrics._scorer._PassthroughScorer",
+    "sklearn.metrics._scorer._Scorer",
+    "sklearn.model_selection._split.GroupKFold",
+    "sklearn.model_selection._split.KFold",
+    "sklearn.model_selection._split.StratifiedGroupKFold",
+    "sklearn.model_selection._split.StratifiedKFold",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+)
+# featx's own estimators, named by class so a module move in featx.heads cannot silently break loading.
+_FEATX_HEAD_CLASSES = ("FoldEnsemble", "MLPHead", "OrdinalThresholds", "RoundedRegression")
+_FEATX_FUNCTIONS = ("quadratic_weighted_kappa",)
+
+
+def trusted_types() -> list[str]:
+    """The fixed list of type names `load_bundle` lets skops construct (besides skops' defaults)."""
+    import featx.heads
+
+    names = list(_SKLEARN_TYPES)
+    for attribute in _FEATX_HEAD_CLASSES + _FEATX_FUNCTIONS:
+        obj = getattr(featx.heads, attribute, None)
+        if obj is not None:
+            names.append(f"{obj.__module__}.{obj.__qualname__}")
+    return sorted(names)
+
+
+@dataclass
+class Bundle:
+    """A fitted head and the recipe that turns an image into the features it expects."""
+
+    head: object
+    label_names: list[str]
+    recipe: dict
+    metrics: dict
+    head_name: str
+    graded: bool
+    featx_version: str
+    extra: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_bundle(
+    path: str | Path,
+    head,
+    *,
+    label_names,
+    recipe: dict,
+    metrics: dict,
+    head_name: str,
+    graded: bool,
+    extra: dict | None = None,
+) -> Path:
+    """Write a fitted head with its label names, feature recipe and test metrics to a .skops file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {
+        "format": BUNDLE_FORMAT,
+        "featx_version": featx.__version__,
+        "head": head,
+        "head_name": str(head_name),
+        "label_names": [str(name) for name in label_names],
+        "recipe": dict(recipe),
+        "metrics": dict(metrics),
+        "graded": bool(graded),
+        "extra": dict(extra or {}),
+    }
+    skops.io.dump(content, path)
+    return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read a bundle written by `save_bundle`; refuse (FeatxError) missing, corrupt or untrusted files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatxError(f"model bundle {path} not found; train one with `featx train` or check the path")
+    try:
+        content = skops.io.load(path, trusted=trusted_types())
+    except UntrustedTypesFoundException as error:
+        raise FeatxError(
+            f"{path} holds types featx does not trust ({_untrusted_names(error)}); "
+            "only load bundles made by featx train"
+        ) from None
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, ImportError, OSError) as error:
+        raise FeatxError(
+            f"{path} is not a readable featx model bundle ({type(error).__name__}); retrain it with `featx train`"
+        ) from None
+    if not isinstance(content, dict) or content.get("format") != BUNDLE_FORMAT:
+        raise FeatxError(f"{path} is not a featx model bundle; pass a .skops file written by `featx train`")
+    return Bundle(
+        head=content["head"],
+        label_names=list(content["label_names"]),
+        recipe=dict(content["recipe"]),
+        metrics=dict(content["metrics"]),
+        head_name=content["head_name"],
+        graded=bool(content["graded"]),
+        featx_version=content["featx_version"],
+        extra=dict(content.get("extra") or {}),
+        path=path,
+    )
+
+
+def _untrusted_names(error: Exception) -> str:
+    text = str(error)
+    # skops words it as "Untrusted types found in the file: [...]"; keep just the list.
+    return text.split(":", 1)[1].strip().rstrip(".") if ":" in text else text

@@ -1,0 +1,687 @@
+"""Stage 2: train heads on a feature file, compare them, save bundles; evaluate and predict with a bundle."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from featx.bundle import Bundle, load_bundle, save_bundle
+from featx.errors import FeatxError
+
+__all__ = ["EvalResult", "PredictResult", "TrainResult", "evaluate", "grouped_train_test_split", "predict", "train"]
+
+METRICS = ("accuracy", "f1_macro", "qwk")
+# The feature-identity keys a model depends on: features that differ in any of them are another space.
+RECIPE_KEYS = ("backbone", "weights_id", "pooling", "image_size", "layer")
+# Each class needs this many source images to train on: the heads' inner 3-fold search needs 3.
+MIN_TRAIN_IMAGES_PER_CLASS = 3
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class TrainResult:
+    """What `train` did: the leaderboard rows, the best head, where each bundle went, the report."""
+
+    rows: list[dict]
+    best: str
+    bundles: dict[str, Path]
+    confusion_pngs: dict[str, Path]
+    report: str
+    metric: str
+    label_names: list[str]
+    graded: bool
+
+    def render(self) -> str:
+        return self.report
+
+    def __str__(self) -> str:
+        return self.report
+
+
+@dataclass
+class EvalResult:
+    """One bundle scored on a feature file: its leaderboard row and the full report."""
+
+    row: dict
+    report: str
+    head_name: str
+    n_rows: int
+
+    @property
+    def rows(self) -> list[dict]:
+        return [self.row]
+
+    def render(self) -> str:
+        return self.report
+
+    def __str__(self) -> str:
+        return self.report
+
+
+@dataclass
+class PredictResult:
+    """Where the predictions CSV went, its rows, and the files that could not be decoded."""
+
+    output: Path
+    rows: list[dict]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"wrote {len(self.rows)} predictions to {self.output}"
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} undecodable file(s): " + ", ".join(p for p, _ in self.skipped[:5])
+            text += " ..." if len(self.skipped) > 5 else ""
+        return text
+
+
+# ----------------------------------------------------------------------------------------------
+# reading feature files
+
+
+@dataclass
+class _Rows:
+    """Labelled rows of one feature file, labels already in the training class order."""
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray  # source image of each row: augmented copies share it
+    aug: np.ndarray  # 0 = the original image
+
+
+def _class_order(label_names: Sequence[str], ordinal: bool | None) -> tuple[list[str], bool]:
+    """Class names in training order, and whether they are graded (ordered) labels."""
+    names = [str(name) for name in label_names]
+    if names and all(_INTEGER.match(name.strip()) for name in names):
+        # "10" must come after "9": grade order is numeric, whatever order the file stored.
+        names = sorted(names, key=lambda name: int(name.strip()))
+        return names, ordinal is not False
+    return names, bool(ordinal)
+
+
+def _label_index(file_names: Sequence[str], class_names: Sequence[str], source) -> np.ndarray:
+    """For each class index of a file, its index in `class_names` (-1 where the class is unknown)."""
+    position = {name: i for i, name in enumerate(class_names)}
+    return np.array([position.get(str(name), -1) for name in file_names], dtype=np.int64)
+
+
+def _read_rows(store, class_names: Sequence[str], source, log) -> _Rows:
+    """Load a store's labelled rows into memory with labels mapped onto `class_names` by name."""
+    labels = np.asarray(store.labels, dtype=np.int64)
+    labelled = labels >= 0
+    if (~labelled).any():
+        log(f"{source}: leaving out {int((~labelled).sum())} unlabelled row(s)")
+    file_names = [str(name) for name in store.label_names]
+    if len(labels) and labels.max(initial=-1) >= len(file_names):
+        raise FeatxError(f"{source} has labels without class names; re-extract it with `featx extract`")
+    to_class = _label_index(file_names, class_names, source)
+    mapped = np.full(len(labels), -1, dtype=np.int64)
+    mapped[labelled] = to_class[labels[labelled]]
+    unknown = labelled & (mapped < 0)
+    if unknown.any():
+        missing = sorted({file_names[i] for i in labels[unknown]})
+        raise FeatxError(
+            f"{source} has class(es) {', '.join(missing)} that the model does not know "
+            f"(known: {', '.join(class_names)}); use feature files with the same class folders"
+        )
+    rows = np.flatnonzero(labelled)
+    paths = list(store.paths)
+    if len(paths) == len(labels):
+        groups = np.asarray(paths, dtype=object)[rows]
+    else:  # no paths recorded: every row is its own source image
+        groups = rows.astype(str).astype(object)
+    aug = np.zeros(len(rows), dtype=np.int64) if store.aug is None else np.asarray(store.aug)[rows]
+    X = _read_features(store, rows)
+    return _Rows(X=X, y=mapped[rows], groups=groups, aug=aug)
+
+
+def _read_features(store, rows: np.ndarray) -> np.ndarray:
+    if len(rows) == len(store):
+        return np.asarray(store.features[:], dtype=np.float32)
+    # h5py wants increasing indices; rows come from flatnonzero, so they are.
+    return np.asarray(store.features[rows], dtype=np.float32) if len(rows) else np.zeros((0, 0), np.float32)
+
+
+def _plain(value):
+    """numpy scalars/arrays and h5py strings as plain Python values (for bundles, rows and CSV)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# splitting
+
+
+def grouped_train_test_split(y, groups, *, test_size: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test): seeded, stratified by class, whole source images on one side."""
+    from sklearn.model_selection import train_test_split
+
+    keys, first_row, group_of_row = np.unique(groups, return_index=True, return_inverse=True)
+    group_label = y[first_row]
+    try:
+        train_groups, test_groups = train_test_split(
+            np.arange(len(keys)), test_size=test_size, stratify=group_label, random_state=seed
+        )
+    except ValueError as error:
+        raise FeatxError(
+            f"cannot hold out {test_size:.0%} of {len(keys)} images stratified by class ({error}); "
+            "add images, change --test-size, or pass a separate --test file"
+        ) from None
+    in_test = np.isin(group_of_row, test_groups)
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
+
+
+def _check_class_sizes(y, groups, class_names, *, need: int, where: str) -> None:
+    """Refuse classes with fewer than `need` source images (classes with none are only logged)."""
+    for index in np.unique(y):
+        images = len(np.unique(groups[y == index]))
+        if images < need:
+            raise FeatxError(
+                f"class '{class_names[index]}' has only {images} labelled image(s) {where}; "
+                f"need at least {need}: add images or use fewer --folds"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# heads
+
+
+def _resolve_heads(heads, graded: bool, log) -> list[str]:
+    from featx.heads import HEAD_NAMES, is_ordinal_head
+
+    if isinstance(heads, str):
+        heads = [name.strip() for name in heads.split(",") if name.strip()]
+    names = list(dict.fromkeys(heads))  # keep order, drop repeats
+    if names == ["all"]:
+        chosen = [name for name in HEAD_NAMES if graded or not is_ordinal_head(name)]
+        if len(chosen) < len(HEAD_NAMES):
+            skipped = ", ".join(name for name in HEAD_NAMES if name not in chosen)
+            log(f"skipping {skipped}: they need graded labels (integer class names, or ordinal=True)")
+        return chosen
+    if not names:
+        raise FeatxError(f"no heads given; choose from {', '.join(HEAD_NAMES)} or all")
+    for name in names:
+        if name not in HEAD_NAMES:
+            raise FeatxError(f"unknown head '{name}'; choose from {', '.join(HEAD_NAMES)} or all")
+        if is_ordinal_head(name) and not graded:
+            raise FeatxError(
+                f"head '{name}' needs graded labels; name the classes by integer grade or pass ordinal=True (--ordinal)"
+            )
+    return names
+
+
+def _scorer(metric: str, n_classes: int):
+    if metric == "qwk":
+        from sklearn.metrics import make_scorer
+
+        from featx.heads import quadratic_weighted_kappa
+
+        # Fixed labels so a fold missing a grade still measures distances between the real grades.
+        return make_scorer(quadratic_weighted_kappa, labels=list(range(n_classes)))
+    return metric
+
+
+def _build_head(name, *, metric, n_classes, class_weight, jobs, seed, folds, grouped_cv):
+    """An unfitted head: featx.heads' estimator, scored by `metric`, optionally a fold ensemble."""
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+
+    from featx.heads import FoldEnsemble, make_head
+
+    head = make_head(name, class_weight=class_weight, n_jobs=jobs, random_state=seed, cv=3)
+    scoring = {key: _scorer(metric, n_classes) for key in head.get_params(deep=True) if key.split("__")[-1] == "scoring"}
+    if scoring:
+        head.set_params(**scoring)
+    if grouped_cv and folds is None and isinstance(head, GridSearchCV):
+        # Augmented copies of one image in both the search's train and validation folds would make
+        # the cross-validated score (and the chosen C) optimistic.
+        head.set_params(cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=seed))
+    if folds:
+        head = FoldEnsemble(head, n_splits=int(folds), random_state=seed)
+    return head
+
+
+def _fit(head, X, y, groups):
+    """Fit, passing `groups` (None unless rows share a source image) where the head takes it."""
+    from sklearn.model_selection._search import BaseSearchCV
+
+    # Searches take groups through **params (for their splitter); FoldEnsemble names it.
+    if groups is not None and (isinstance(head, BaseSearchCV) or "groups" in inspect.signature(head.fit).parameters):
+        return head.fit(X, y, groups=groups)
+    return head.fit(X, y)
+
+
+def _members(head) -> list:
+    """The fitted models a head consists of: the fold models of a FoldEnsemble, else the head itself."""
+    return list(getattr(head, "estimators_", None) or [head])
+
+
+def _inner_objects(model) -> list:
+    """`model` and the fitted estimators nested in it (search winners, wrapped models, pipeline steps)."""
+    found, queue = [], [model]
+    while queue:
+        obj = queue.pop(0)
+        found.append(obj)
+        for attribute in ("best_estimator_", "estimator_"):
+            inner = getattr(obj, attribute, None)
+            if inner is not None:
+                queue.append(inner)
+        queue += [step for _, step in getattr(obj, "steps", []) if hasattr(step, "fit")]
+    return found
+
+
+def _chosen_params(head) -> dict:
+    """What each model chose while fitting: searched hyperparameters, ridge alpha, ordinal thresholds.
+
+    Fold ensembles list one value per fold where the folds disagree.
+    """
+    per_member = []
+    for member in _members(head):
+        chosen = {}
+        for obj in _inner_objects(member):
+            if hasattr(obj, "best_params_"):
+                # "logisticregression__C" -> "C": the step path is noise in a table.
+                chosen.update({key.split("__")[-1]: _plain(value) for key, value in obj.best_params_.items()})
+            if hasattr(obj, "alpha_"):
+                chosen["alpha"] = _plain(obj.alpha_)
+        per_member.append(chosen)
+    params = {}
+    for key in dict.fromkeys(key for chosen in per_member for key in chosen):
+        values = [chosen.get(key) for chosen in per_member]
+        params[key] = values[0] if all(value == values[0] for value in values) else values
+    try:
+        thresholds = head.thresholds_
+    except AttributeError:
+        thresholds = None
+    if thresholds is not None:
+        params["thresholds"] = [round(float(t), 3) for t in np.ravel(thresholds)]
+    return params
+
+
+def _cv_score(head) -> float | None:
+    """The search's best cross-validated score (mean over fold models), or None without a search."""
+    scores = [obj.best_score_ for member in _members(head) for obj in _inner_objects(member) if hasattr(obj, "best_score_")]
+    return float(np.mean(scores)) if scores else None
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring and the report
+
+
+def _score_row(y_true, y_pred, *, n_classes, with_qwk, bootstrap, seed) -> dict:
+    """accuracy, macro F1 and (optionally) QWK on the test rows, each with a bootstrap interval."""
+    from featx.report import accuracy, bootstrap_ci, f1_macro, quadratic_weighted_kappa
+
+    metric_fns = {
+        "accuracy": accuracy,
+        # Classes fixed on the full test set: a resample that misses a class still averages over it.
+        "f1_macro": partial(f1_macro, labels=np.union1d(y_true, y_pred)),
+    }
+    if with_qwk:
+        metric_fns["qwk"] = partial(quadratic_weighted_kappa, labels=np.arange(n_classes))
+    row = {}
+    for key, fn in metric_fns.items():
+        row[key] = float(fn(y_true, y_pred))
+        row[f"{key}_ci"] = list(bootstrap_ci(y_true, y_pred, fn, n=bootstrap, seed=seed)) if bootstrap else None
+    return row
+
+
+def _details(head_name, y_true, y_pred, class_names) -> tuple[str, np.ndarray]:
+    """sklearn's classification report and the confusion matrix text for one head."""
+    from sklearn.metrics import classification_report
+
+    from featx.report import confusion_matrix, confusion_text
+
+    present = np.union1d(y_true, y_pred)
+    report = classification_report(
+        y_true, y_pred, labels=present, target_names=[class_names[i] for i in present], digits=3, zero_division=0
+    )
+    cm = confusion_matrix(y_true, y_pred, len(class_names))
+    text = (
+        f"classification report ({head_name}):\n{report.rstrip()}\n\n"
+        f"confusion matrix ({head_name}; rows: true class, columns: predicted):\n{confusion_text(cm, class_names)}"
+    )
+    return text, cm
+
+
+def _best_head(rows: Sequence[dict], metric: str) -> str:
+    def score(row):
+        value = row.get(metric)
+        return -math.inf if value is None or not math.isfinite(value) else value
+
+    return max(rows, key=score)["head"]  # max keeps the first of equals: the order asked for
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+def train(
+    features,
+    *,
+    test=None,
+    test_size: float = 0.25,
+    heads: Iterable[str] | str = ("logreg",),
+    folds: int | None = None,
+    class_weight: str | None = None,
+    metric: str = "accuracy",
+    ordinal: bool | None = None,
+    jobs: int = 1,
+    output="models",
+    seed: int = 0,
+    bootstrap: int = 1000,
+    log: Callable[[str], object] = print,
+) -> TrainResult:
+    """Fit each head on a feature file, score it on held-out rows, save one bundle per head.
+
+    test: a second, compatible feature file to score on; otherwise a seeded split of `test_size`,
+    stratified by class and grouped by source image (augmented copies stay together).
+    ordinal: None = graded when every class name is an integer; True/False force it on/off.
+    metric: picks the best head and scores the heads' hyperparameter searches.
+    """
+    from featx.report import save_confusion_png
+
+    if metric not in METRICS:
+        raise FeatxError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
+    if folds is not None and int(folds) < 2:
+        raise FeatxError(f"folds must be at least 2 (got {folds}); leave it out for a single model")
+    if test is None and not 0.0 < float(test_size) < 1.0:
+        raise FeatxError(f"test_size must be between 0 and 1 (got {test_size}), e.g. 0.25")
+    features = Path(features)
+    with _open_store(features) as store:
+        class_names, graded = _class_order(store.label_names, ordinal)
+        recipe = _bundle_recipe(store)
+        data = _read_rows(store, class_names, features, log)
+        if test is not None:
+            with _open_store(test) as test_store:
+                store.check_compatible(test_store)
+                held_out = _read_rows(test_store, class_names, Path(test), log)
+    head_names = _resolve_heads(heads, graded, log)
+    if len(np.unique(data.y)) < 2:
+        raise FeatxError(f"{features} has fewer than 2 labelled classes; a classifier needs at least 2")
+
+    if test is None:
+        need = max(MIN_TRAIN_IMAGES_PER_CLASS, int(folds or 0)) + 1
+        _check_class_sizes(data.y, data.groups, class_names, need=need, where=f"in {features} (train + test)")
+        train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=float(test_size), seed=seed)
+        held_out = _subset(data, test_rows)
+        data = _subset(data, train_rows)
+        test_label = f"{len(np.unique(held_out.groups))} held-out images ({test_size:.0%}, seed {seed})"
+    else:
+        test_label = f"{test}"
+    _check_class_sizes(
+        data.y, data.groups, class_names, need=max(MIN_TRAIN_IMAGES_PER_CLASS, int(folds or 0)), where="to train on"
+    )
+    if (held_out.aug > 0).any():
+        held_out = _subset(held_out, np.flatnonzero(held_out.aug == 0))  # score originals only
+    if len(held_out.y) == 0:
+        raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled --test file")
+
+    n_classes = len(class_names)
+    with_qwk = graded or metric == "qwk"
+    grouped_cv = len(np.unique(data.groups)) < len(data.groups)
+    order = "graded " if graded else ""
+    log(
+        f"training {len(head_names)} head(s) on {len(data.y)} rows of {features} "
+        f"({n_classes} {order}classes: {', '.join(class_names)}); testing on {len(held_out.y)} rows of {test_label}"
+    )
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows, details, bundles, pngs = [], {}, {}, {}
+    for name in head_names:
+        head = _build_head(
+            name, metric=metric, n_classes=n_classes, class_weight=class_weight, jobs=jobs, seed=seed,
+            folds=folds, grouped_cv=grouped_cv,
+        )
+        started = time.perf_counter()
+        try:
+            _fit(head, data.X, data.y, data.groups if grouped_cv else None)
+        except ValueError as error:
+            raise FeatxError(f"head '{name}' could not be trained: {error}") from None
+        fit_seconds = time.perf_counter() - started
+        y_pred = np.asarray(head.predict(held_out.X), dtype=np.int64)
+        row = {"head": name, "params": _chosen_params(head), "cv_score": _cv_score(head)}
+        row.update(_score_row(held_out.y, y_pred, n_classes=n_classes, with_qwk=with_qwk, bootstrap=bootstrap, seed=seed))
+        row["fit_seconds"] = round(fit_seconds, 3)
+        rows.append(row)
+        details[name], cm = _details(name, held_out.y, y_pred, class_names)
+        stem = f"{features.stem}-{name}"
+        pngs[name] = save_confusion_png(cm, class_names, output / f"{stem}-confusion.png", title=f"{features.stem}: {name}")
+        bundles[name] = save_bundle(
+            output / f"{stem}.skops", head, label_names=class_names, recipe=recipe, metrics=row, head_name=name,
+            graded=graded,
+            extra=_plain({
+                "features": str(features), "test": str(test) if test is not None else None,
+                "test_size": None if test is not None else float(test_size), "seed": seed, "folds": folds,
+                "class_weight": class_weight, "metric": metric, "train_rows": len(data.y),
+                "test_rows": len(held_out.y),
+            }),
+        )
+        log(f"  {name}: {metric} {_format_optional(row.get(metric))} in {fit_seconds:.2f} s -> {bundles[name]}")
+
+    best = _best_head(rows, metric)
+    report = _train_report(rows, best, metric, details[best], bundles, pngs)
+    return TrainResult(
+        rows=rows, best=best, bundles=bundles, confusion_pngs=pngs, report=report, metric=metric,
+        label_names=class_names, graded=graded,
+    )
+
+
+def _format_optional(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _subset(data: _Rows, rows: np.ndarray) -> _Rows:
+    return _Rows(X=data.X[rows], y=data.y[rows], groups=data.groups[rows], aug=data.aug[rows])
+
+
+def _open_store(path):
+    from featx.store import FeatureStore
+
+    return FeatureStore(path)  # it explains a missing or half-extracted file itself
+
+
+def _bundle_recipe(store) -> dict:
+    """The store's feature recipe plus how images were resized, so predict repeats extraction exactly."""
+    recipe = _plain(dict(store.recipe))
+    resize = store.attrs.get("resize")
+    if resize is not None:
+        recipe["resize"] = _plain(resize)
+    return recipe
+
+
+def _train_report(rows, best, metric, best_details, bundles, pngs) -> str:
+    from featx.report import leaderboard_table
+
+    lines = [
+        leaderboard_table(rows),
+        "",
+        f"best head by {metric}: {best} -> {bundles[best]} (confusion matrix: {pngs[best]})",
+        "",
+        best_details,
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+
+
+def _as_bundle(bundle) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
+def _same(a, b) -> bool:
+    """Recipe values equal up to representation (64 vs "64", None vs "")."""
+    return ("" if a is None else str(a)) == ("" if b is None else str(b))
+
+
+def _check_recipe(bundle: Bundle, store, source) -> None:
+    store_recipe = _plain(dict(store.recipe))
+    for key in RECIPE_KEYS:
+        model_value, file_value = bundle.recipe.get(key), store_recipe.get(key)
+        if not _same(model_value, file_value):
+            raise FeatxError(
+                f"{source} has {key} {file_value!r} but the model was trained on {key} {model_value!r}; "
+                "extract features with the model's recipe"
+            )
+
+
+def evaluate(bundle, features, *, log: Callable[[str], object] = print) -> EvalResult:
+    """Score a saved bundle on another labelled feature file (original, non-augmented rows)."""
+    model = _as_bundle(bundle)
+    features = Path(features)
+    with _open_store(features) as store:
+        _check_recipe(model, store, features)
+        if not _same(model.recipe.get("tta"), _plain(dict(store.recipe)).get("tta")):
+            log(f"note: {features} and the model differ in test-time augmentation; scores may shift slightly")
+        data = _read_rows(store, model.label_names, features, log)
+    if (data.aug > 0).any():
+        data = _subset(data, np.flatnonzero(data.aug == 0))
+    if len(data.y) == 0:
+        raise FeatxError(f"{features} has no labelled images to evaluate on; use `featx predict` for unlabelled images")
+    expected_dim = getattr(model.head, "n_features_in_", None)
+    if expected_dim is not None and data.X.shape[1] != expected_dim:
+        raise FeatxError(
+            f"{features} has {data.X.shape[1]} features per row but the model expects {expected_dim}; "
+            "extract features with the model's recipe"
+        )
+    n_classes = len(model.label_names)
+    y_pred = np.asarray(model.head.predict(data.X), dtype=np.int64)
+    bootstrap = 1000
+    row = {"head": model.head_name, "params": model.metrics.get("params"), "cv_score": model.metrics.get("cv_score")}
+    row.update(_score_row(data.y, y_pred, n_classes=n_classes, with_qwk=model.graded or "qwk" in model.metrics,
+                          bootstrap=bootstrap, seed=0))
+    row["fit_seconds"] = None
+    details, _ = _details(model.head_name, data.y, y_pred, model.label_names)
+    from featx.report import leaderboard_table
+
+    report = "\n".join([
+        f"{model.path or model.head_name} on {features} ({len(data.y)} images)",
+        leaderboard_table([row]),
+        "",
+        details,
+    ])
+    return EvalResult(row=row, report=report, head_name=model.head_name, n_rows=len(data.y))
+
+
+# ----------------------------------------------------------------------------------------------
+# predict
+
+
+def _expand_images(images) -> list[str]:
+    """Files as given, folders expanded recursively to their image files (sorted)."""
+    from imutils.paths import list_images
+
+    if isinstance(images, (str, Path)):
+        images = [images]
+    files = []
+    for item in images:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(list_images(str(item)))
+            if not found:
+                raise FeatxError(f"folder {item} has no image files; pass a folder of images or image files")
+            files += found
+        elif item.is_file():
+            files.append(str(item))
+        else:
+            raise FeatxError(f"{item} not found; pass existing image files or folders")
+    if not files:
+        raise FeatxError("no images given; pass image files or folders")
+    return files
+
+
+def _expected_grades(model: Bundle, X) -> np.ndarray | None:
+    from featx.heads import is_ordinal_head
+
+    if not (model.graded and is_ordinal_head(model.head_name) and hasattr(model.head, "expected_grade")):
+        return None
+    expected = np.asarray(model.head.expected_grade(X), dtype=float)
+    names = model.label_names
+    if all(_INTEGER.match(name.strip()) for name in names):
+        # The head works in class positions 0..K-1; report grades in the user's own numbers.
+        return np.interp(expected, np.arange(len(names)), [int(name) for name in names])
+    return expected
+
+
+def _backbone_recipe(recipe: dict) -> dict:
+    return {key: value for key, value in recipe.items() if key != "resize"}
+
+
+def predict(
+    bundle, images, *, output=None, batch_size: int = 32, log: Callable[[str], object] = print
+) -> PredictResult:
+    """Predict image files and folders with a saved bundle; write a CSV (path, predicted, p_<class>...)."""
+    from featx.backbones import from_recipe
+    from featx.extract import features_for_files
+
+    model = _as_bundle(bundle)
+    files = _expand_images(images)
+    output = Path("predictions.csv") if output is None else Path(output)
+    recipe = model.recipe
+    backbone = from_recipe(_backbone_recipe(recipe))
+    log(f"extracting {len(files)} image(s) with {recipe.get('backbone')} for {model.head_name}")
+    X, kept, skipped = features_for_files(
+        files, backbone, tta=recipe.get("tta") or None, crop=recipe.get("resize") == "crop", batch_size=batch_size
+    )
+    for path, reason in skipped:
+        log(f"skipped {path}: {reason}")
+    if not kept:
+        first = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise FeatxError(f"none of the {len(files)} file(s) could be decoded as an image{first}; pass image files")
+
+    head = model.head
+    names = model.label_names
+    predicted = np.asarray(head.predict(X), dtype=np.int64)
+    columns = ["path", "predicted"]
+    probabilities = None
+    if hasattr(head, "predict_proba"):
+        probabilities = np.zeros((len(kept), len(names)))
+        probabilities[:, np.asarray(head.classes_, dtype=np.int64)] = head.predict_proba(X)
+        columns += [f"p_{name}" for name in names]
+    expected = _expected_grades(model, X)
+    if expected is not None:
+        columns.append("expected_grade")
+
+    rows = []
+    for i, path in enumerate(kept):
+        row = {"path": path, "predicted": names[predicted[i]]}
+        if probabilities is not None:
+            row.update({f"p_{name}": float(probabilities[i, j]) for j, name in enumerate(names)})
+        if expected is not None:
+            row["expected_grade"] = float(expected[i])
+        rows.append(row)
+    _write_csv(output, columns, rows)
+    log(f"wrote {len(rows)} prediction(s) to {output}" + (f"; skipped {len(skipped)}" if skipped else ""))
+    return PredictResult(output=output, rows=rows, skipped=list(skipped))
+
+
+def _write_csv(path: Path, columns, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value for key, value in row.items()})

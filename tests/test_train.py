@@ -1,0 +1,266 @@
+"""Stage 2 through its public entry points: train, evaluate, predict, and the model bundle."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import cv2
+import numpy as np
+import pytest
+import skops.io
+
+from featx.bundle import load_bundle, save_bundle, trusted_types
+from featx.errors import FeatxError
+from featx.store import HDF5DatasetWriter
+from featx.train import evaluate, grouped_train_test_split, predict, train
+
+RECIPE = dict(backbone="efficientnet_lite0", weights_id="none (random init, seed 0)", pooling="avg", image_size=64)
+DIM = 64
+
+
+def separable(n_per_class, n_classes, *, seed=0, dim=DIM):
+    """Feature rows of well-separated class clusters; labels 0..n_classes-1."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 4.0, size=(n_classes, dim))
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    rows = centres[labels] + rng.normal(0.0, 0.5, size=(len(labels), dim))
+    return rows.astype(np.float32), labels
+
+
+def write_features(path, rows, labels, names, *, paths=None, aug=None, **recipe):
+    attrs = {**RECIPE, **recipe}
+    writer = HDF5DatasetWriter(rows.shape, str(path), dataKey="features", attrs=attrs)
+    writer.storeClassLabels(names)
+    if paths is None:
+        paths = [f"{names[label] if label >= 0 else 'unlabelled'}/img{i:04d}.png" for i, label in enumerate(labels)]
+    writer.add(rows, np.asarray(labels, dtype=np.int64), paths=paths, aug=aug)
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    """A trained run on three separable classes (plus unlabelled rows), and a second compatible file."""
+    root = tmp_path_factory.mktemp("train")
+    rows, labels = separable(16, 3)
+    # Unlabelled rows far from every class: if they were trained on (as any class) accuracy would show it.
+    extra = np.full((5, DIM), 40.0, np.float32)
+    features = write_features(
+        root / "shapes.h5", np.vstack([rows, extra]), np.concatenate([labels, -np.ones(5, int)]),
+        ["circle", "square", "triangle"],
+    )
+    val_rows, val_labels = separable(6, 3, seed=0)
+    validation = write_features(root / "shapes-val.h5", val_rows, val_labels, ["circle", "square", "triangle"])
+    messages = []
+    result = train(features, heads=["logreg", "svm"], output=root / "models", bootstrap=200, log=messages.append)
+    return result, features, validation, messages
+
+
+def test_train_reports_every_head_and_saves_loadable_bundles(three_classes):
+    result, features, _, messages = three_classes
+    assert [row["head"] for row in result.rows] == ["logreg", "svm"]
+    assert any("5 unlabelled" in message for message in messages)
+    for row in result.rows:
+        assert row["accuracy"] >= 0.95
+        low, high = row["accuracy_ci"]
+        assert low <= row["accuracy"] <= high
+        assert row["cv_score"] is not None and row["cv_score"] >= 0.9
+        assert "C" in row["params"]
+        assert row["fit_seconds"] > 0
+        assert "qwk" not in row  # named classes are not grades
+    assert result.best in ("logreg", "svm")
+    for head, path in result.bundles.items():
+        assert path.name == f"shapes-{head}.skops"
+        bundle = load_bundle(path)
+        assert bundle.head_name == head
+        assert bundle.label_names == ["circle", "square", "triangle"]
+        assert bundle.recipe["backbone"] == "efficientnet_lite0" and int(bundle.recipe["image_size"]) == 64
+        assert bundle.graded is False
+        rows, labels = separable(2, 3)
+        assert list(bundle.head.predict(rows)) == list(labels)
+    text = str(result)
+    assert text == result.render()
+    assert "accuracy" in text and "classification report" in text and "triangle" in text
+    assert f"best head by accuracy: {result.best}" in text
+
+
+def test_train_writes_real_confusion_pngs(three_classes):
+    result = three_classes[0]
+    for head, png in result.confusion_pngs.items():
+        assert png.name == f"shapes-{head}-confusion.png"
+        image = cv2.imread(str(png))
+        assert image is not None and image.ndim == 3 and min(image.shape[:2]) > 100
+
+
+def test_evaluate_scores_a_bundle_on_a_compatible_file(three_classes):
+    result, _, validation, _ = three_classes
+    evaluation = evaluate(result.bundles["logreg"], validation, log=lambda message: None)
+    assert evaluation.n_rows == 18
+    assert evaluation.row["accuracy"] == 1.0
+    assert "confusion matrix" in str(evaluation)
+
+
+def test_evaluate_refuses_features_of_another_recipe(three_classes, tmp_path):
+    result = three_classes[0]
+    rows, labels = separable(4, 3)
+    other = write_features(tmp_path / "big.h5", rows, labels, ["circle", "square", "triangle"], image_size=96)
+    with pytest.raises(FeatxError, match=r"image_size.*96.*64"):
+        evaluate(result.bundles["logreg"], other)
+
+
+def test_train_refuses_a_test_file_of_another_backbone(three_classes, tmp_path):
+    _, features, _, _ = three_classes
+    rows, labels = separable(4, 3)
+    other = write_features(tmp_path / "resnet.h5", rows, labels, ["circle", "square", "triangle"], backbone="resnet50")
+    with pytest.raises(FeatxError, match="backbone"):
+        train(features, test=other, output=tmp_path / "models", log=lambda message: None)
+
+
+def test_grouped_split_keeps_augmented_copies_together():
+    rng = np.random.default_rng(1)
+    images = np.array([f"img{i:03d}.png" for i in range(40)])
+    image_labels = np.arange(40) % 2
+    groups = np.repeat(images, 3)  # original + 2 augmented copies of each image
+    labels = np.repeat(image_labels, 3)
+    shuffled = rng.permutation(len(groups))
+    train_rows, test_rows = grouped_train_test_split(labels[shuffled], groups[shuffled], test_size=0.25, seed=3)
+    train_images, test_images = set(groups[shuffled][train_rows]), set(groups[shuffled][test_rows])
+    assert not train_images & test_images
+    assert len(train_rows) + len(test_rows) == len(groups)
+    assert len(test_images) == 10
+    assert sorted(np.bincount(image_labels[[int(name[3:6]) for name in test_images]])) == [5, 5]  # stratified
+
+
+def test_train_on_augmented_file_scores_original_rows_only(tmp_path):
+    rows, labels = separable(8, 2)
+    copies = 3  # aug 0, 1, 2 share one path
+    paths = [f"{'ab'[label]}/img{i:03d}.png" for i, label in enumerate(labels)]
+    features = write_features(
+        tmp_path / "aug.h5", np.repeat(rows, copies, axis=0), np.repeat(labels, copies), ["a", "b"],
+        paths=list(np.repeat(paths, copies)), aug=np.tile(np.arange(copies), len(labels)),
+    )
+    result = train(features, test_size=0.25, output=tmp_path / "models", bootstrap=0, log=lambda message: None)
+    extra = load_bundle(result.bundles["logreg"]).extra
+    assert extra["test_rows"] == 4  # 4 of 16 source images, originals only
+    assert extra["train_rows"] == 12 * copies
+
+
+def test_integer_classes_are_graded_in_numeric_order(tmp_path):
+    rows, labels = separable(10, 3, seed=2)
+    stored_names = ["10", "2", "9"]  # the order a string sort gives
+    features = write_features(tmp_path / "grades.h5", rows, labels, stored_names)
+    result = train(features, heads=["logreg", "ordinal"], output=tmp_path / "models", bootstrap=50,
+                   log=lambda message: None)
+    assert result.label_names == ["2", "9", "10"] and result.graded
+    assert all(row["qwk"] is not None and row["qwk"] > 0.9 for row in result.rows)
+    assert "QWK" in str(result)
+    bundle = load_bundle(result.bundles["ordinal"])
+    assert bundle.graded and bundle.label_names == ["2", "9", "10"]
+    assert "thresholds" in result.rows[1]["params"]
+    predicted = [bundle.label_names[i] for i in bundle.head.predict(rows)]
+    assert predicted == [stored_names[label] for label in labels]
+
+
+def test_train_refuses_too_few_images_per_class(tmp_path):
+    rows, labels = separable(3, 2)
+    features = write_features(tmp_path / "tiny.h5", rows, labels, ["a", "b"])
+    with pytest.raises(FeatxError, match="class 'a' has only 3"):
+        train(features, output=tmp_path / "models", log=lambda message: None)
+
+
+def test_train_refuses_ordinal_heads_for_named_classes(three_classes, tmp_path):
+    features = three_classes[1]
+    with pytest.raises(FeatxError, match="graded"):
+        train(features, heads=["ordinal"], output=tmp_path / "models", log=lambda message: None)
+
+
+def test_every_head_and_fold_ensemble_round_trips_through_the_trusted_list(tmp_path):
+    rows, labels = separable(8, 3, dim=8)
+    features = write_features(tmp_path / "g.h5", rows, labels, ["0", "1", "2"])
+    # svm-rbf is left out for time (~8 s): it stores exactly the types svm does, only with an RBF kernel.
+    heads = ["logreg", "svm", "ridge", "ordinal", "mlp"]
+    result = train(features, heads=heads, metric="qwk", output=tmp_path / "models", bootstrap=0,
+                   log=lambda message: None)
+    folded = train(features, heads=["logreg", "ordinal"], folds=2, metric="f1_macro", output=tmp_path / "folded",
+                   bootstrap=0, log=lambda message: None)
+    trusted = set(trusted_types())
+    for path in list(result.bundles.values()) + list(folded.bundles.values()):
+        assert set(skops.io.get_untrusted_types(file=path)) <= trusted, path.name
+        assert load_bundle(path).head.predict(rows[:1]).shape == (1,)
+
+
+def test_load_bundle_refuses_untrusted_missing_and_corrupt_files(tmp_path):
+    dangerous = tmp_path / "evil.skops"
+    skops.io.dump({"format": "featx-bundle/1", "head": os.system}, dangerous)
+    with pytest.raises(FeatxError, match="does not trust"):
+        load_bundle(dangerous)
+    with pytest.raises(FeatxError, match="not found"):
+        load_bundle(tmp_path / "missing.skops")
+    corrupt = tmp_path / "corrupt.skops"
+    corrupt.write_bytes(b"not a zip file at all")
+    with pytest.raises(FeatxError, match="not a readable"):
+        load_bundle(corrupt)
+    foreign = tmp_path / "foreign.skops"
+    skops.io.dump({"some": "dict"}, foreign)
+    with pytest.raises(FeatxError, match="not a featx model bundle"):
+        load_bundle(foreign)
+
+
+def test_save_bundle_round_trips_metadata(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rows, labels = separable(5, 2, dim=4)
+    head = LogisticRegression().fit(rows, labels)
+    path = save_bundle(tmp_path / "m.skops", head, label_names=["a", "b"], recipe=RECIPE,
+                       metrics={"accuracy": 1.0, "accuracy_ci": [0.9, 1.0]}, head_name="logreg", graded=False,
+                       extra={"seed": 0})
+    bundle = load_bundle(path)
+    assert bundle.metrics["accuracy_ci"] == [0.9, 1.0] and bundle.extra == {"seed": 0}
+    assert bundle.recipe == RECIPE and bundle.featx_version
+
+
+# ------------------------------------------------------------------------------ predict, from real images
+
+
+def _write_images(folder, brightness, count, seed):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        image = np.clip(rng.normal(brightness, 12, size=(48, 48, 3)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{i}.png"), image)
+
+
+def test_predict_round_trip_from_real_images(tmp_path):
+    from featx.backbones import get_backbone
+    from featx.extract import features_for_files
+
+    data = tmp_path / "images"
+    _write_images(data / "dark", 30, 8, seed=0)
+    _write_images(data / "bright", 225, 8, seed=1)
+    names = ["bright", "dark"]
+    files = sorted(str(p) for p in data.rglob("*.png"))
+    backbone = get_backbone("efficientnet_lite0", weights="none", image_size=64)
+    rows, kept, skipped = features_for_files(files, backbone)
+    assert not skipped
+    labels = [names.index(os.path.basename(os.path.dirname(path))) for path in kept]
+    writer = HDF5DatasetWriter(rows.shape, str(tmp_path / "light.h5"), dataKey="features", attrs=backbone.recipe())
+    writer.storeClassLabels(names)
+    writer.add(rows, np.array(labels), paths=[os.path.relpath(p, data) for p in kept])
+    writer.close()
+    result = train(tmp_path / "light.h5", output=tmp_path / "models", bootstrap=0, log=lambda message: None)
+
+    (data / "broken.png").write_bytes(b"not an image")
+    predicted = predict(result.bundles["logreg"], [data / "dark", data / "bright", data / "broken.png"],
+                        output=tmp_path / "out" / "predictions.csv", log=lambda message: None)
+    assert [path for path, _ in predicted.skipped] == [str(data / "broken.png")]
+    with open(predicted.output, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == ["path", "predicted", "p_bright", "p_dark"]
+    assert len(table) == 16
+    for row in table:
+        truth = os.path.basename(os.path.dirname(row["path"]))
+        assert row["predicted"] == truth
+        assert float(row[f"p_{truth}"]) > 0.5
+        assert abs(float(row["p_bright"]) + float(row["p_dark"]) - 1.0) < 1e-4
+
