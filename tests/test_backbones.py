@@ -249,6 +249,7 @@ def test_random_weights_are_deterministic_and_recipe_round_trips():
         first.classify(images)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside keras' save_weights
 def test_weights_from_a_file(tmp_path):
     import keras
 
@@ -268,6 +269,30 @@ def test_weights_from_a_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- offline weights, recipes, registry
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside keras' weight saving
+def test_keras_weights_found_in_the_keras_cache(tmp_path, monkeypatch):
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    # The published notop files are legacy HDF5; write one the same way, at another image size.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    cached = tmp_path / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(128, 128, 3))
+    with h5py.File(cached, "w") as file:
+        legacy_h5_format.save_weights_to_hdf5_group(file, model)
+
+    backbone = get_backbone("mobilenet_v2", image_size=96)
+
+    assert backbone.weights_id.startswith(f"keras-cache:{cached} sha256:")
+    inputs = backbone.preprocess(np.random.default_rng(3).integers(0, 256, (1, 96, 96, 3), dtype=np.uint8))
+    reference = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
+    reference.set_weights(model.get_weights())
+    expected = np.asarray(reference(inputs, training=False)).mean(axis=(1, 2))
+    np.testing.assert_allclose(backbone(inputs), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_offline_keras_weights_error_says_what_to_fetch_and_where(tmp_path, monkeypatch):
