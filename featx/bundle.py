@@ -26,6 +26,7 @@ _SKLEARN_TYPES = (
     "sklearn.metrics._classification.accuracy_score",
     "sklearn.metrics._classification.cohen_kappa_score",
     "sklearn.metrics._classification.f1_score",
+    "sklearn.metrics._classification.log_loss",
     "sklearn.metrics._scorer._PassthroughScorer",
     "sklearn.metrics._scorer._Scorer",
     "sklearn.model_selection._split.GroupKFold",

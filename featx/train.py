@@ -24,6 +24,8 @@ METRICS = ("accuracy", "f1_macro", "qwk")
 RECIPE_KEYS = ("backbone", "weights_id", "pooling", "image_size", "layer")
 # Each class needs this many source images to train on: the heads' inner 3-fold search needs 3.
 MIN_TRAIN_IMAGES_PER_CLASS = 3
+# Feature-file attributes beyond the identity keys that predicting from raw images must repeat.
+_EXTRACTION_KEYS = ("preprocessing", "resize", "tta")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
 
@@ -111,7 +113,7 @@ def _class_order(label_names: Sequence[str], ordinal: bool | None) -> tuple[list
     return names, bool(ordinal)
 
 
-def _label_index(file_names: Sequence[str], class_names: Sequence[str], source) -> np.ndarray:
+def _label_index(file_names: Sequence[str], class_names: Sequence[str]) -> np.ndarray:
     """For each class index of a file, its index in `class_names` (-1 where the class is unknown)."""
     position = {name: i for i, name in enumerate(class_names)}
     return np.array([position.get(str(name), -1) for name in file_names], dtype=np.int64)
@@ -126,7 +128,7 @@ def _read_rows(store, class_names: Sequence[str], source, log) -> _Rows:
     file_names = [str(name) for name in store.label_names]
     if len(labels) and labels.max(initial=-1) >= len(file_names):
         raise FeatxError(f"{source} has labels without class names; re-extract it with `featx extract`")
-    to_class = _label_index(file_names, class_names, source)
+    to_class = _label_index(file_names, class_names)
     mapped = np.full(len(labels), -1, dtype=np.int64)
     mapped[labelled] = to_class[labels[labelled]]
     unknown = labelled & (mapped < 0)
@@ -137,21 +139,19 @@ def _read_rows(store, class_names: Sequence[str], source, log) -> _Rows:
             f"(known: {', '.join(class_names)}); use feature files with the same class folders"
         )
     rows = np.flatnonzero(labelled)
-    paths = list(store.paths)
-    if len(paths) == len(labels):
-        groups = np.asarray(paths, dtype=object)[rows]
-    else:  # no paths recorded: every row is its own source image
-        groups = rows.astype(str).astype(object)
     aug = np.zeros(len(rows), dtype=np.int64) if store.aug is None else np.asarray(store.aug)[rows]
-    X = _read_features(store, rows)
-    return _Rows(X=X, y=mapped[rows], groups=groups, aug=aug)
+    # One contiguous read, then select: much faster than h5py's fancy indexing, and heads need it all in memory.
+    X = np.asarray(store.features[:], dtype=np.float32)
+    if len(rows) < len(labels):
+        X = X[rows]
+    return _Rows(X=X, y=mapped[rows], groups=_source_images(store.paths, len(labels))[rows], aug=aug)
 
 
-def _read_features(store, rows: np.ndarray) -> np.ndarray:
-    if len(rows) == len(store):
-        return np.asarray(store.features[:], dtype=np.float32)
-    # h5py wants increasing indices; rows come from flatnonzero, so they are.
-    return np.asarray(store.features[rows], dtype=np.float32) if len(rows) else np.zeros((0, 0), np.float32)
+def _source_images(paths: Sequence[str], n_rows: int) -> np.ndarray:
+    """The grouping key of each row: its path; rows without one are their own group."""
+    if len(paths) != n_rows:
+        paths = [""] * n_rows
+    return np.array([path or f"<row {i}>" for i, path in enumerate(paths)], dtype=object)
 
 
 def _plain(value):
@@ -249,9 +249,10 @@ def _build_head(name, *, metric, n_classes, class_weight, jobs, seed, folds, gro
     from featx.heads import FoldEnsemble, make_head
 
     head = make_head(name, class_weight=class_weight, n_jobs=jobs, random_state=seed, cv=3)
-    scoring = {key: _scorer(metric, n_classes) for key in head.get_params(deep=True) if key.split("__")[-1] == "scoring"}
-    if scoring:
-        head.set_params(**scoring)
+    if "scoring" in head.get_params(deep=False):
+        # Only the head's own search: searches nested inside a head keep the scoring their author chose
+        # (e.g. log-loss where calibrated probabilities matter more than hits).
+        head.set_params(scoring=_scorer(metric, n_classes))
     if grouped_cv and folds is None and isinstance(head, GridSearchCV):
         # Augmented copies of one image in both the search's train and validation folds would make
         # the cross-validated score (and the chosen C) optimistic.
@@ -401,13 +402,69 @@ def train(
     """
     from featx.report import save_confusion_png
 
+    _check_options(metric=metric, folds=folds, test=test, test_size=test_size)
+    features = Path(features)
+    split = _load_split(features, test=test, test_size=float(test_size), ordinal=ordinal, folds=folds, seed=seed,
+                        log=log)
+    head_names = _resolve_heads(heads, split.graded, log)
+    data, held_out, class_names = split.train, split.test, split.class_names
+    log(
+        f"training {len(head_names)} head(s) on {len(data.y)} rows of {features} ({len(class_names)} "
+        f"{'graded ' if split.graded else ''}classes: {', '.join(class_names)}); "
+        f"testing on {len(held_out.y)} rows of {split.test_label}"
+    )
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    options = dict(metric=metric, class_weight=class_weight, jobs=jobs, seed=seed, folds=folds, bootstrap=bootstrap)
+    extra = _plain({
+        "features": str(features), "test": None if test is None else str(test),
+        "test_size": None if test is not None else float(test_size), "seed": seed, "folds": folds,
+        "class_weight": class_weight, "metric": metric, "train_rows": len(data.y), "test_rows": len(held_out.y),
+    })
+    rows, details, bundles, pngs = [], {}, {}, {}
+    for name in head_names:
+        head, row, y_pred = _train_head(name, split, **options)
+        rows.append(row)
+        details[name], cm = _details(name, held_out.y, y_pred, class_names)
+        stem = output / f"{features.stem}-{name}"
+        pngs[name] = save_confusion_png(cm, class_names, f"{stem}-confusion.png", title=f"{features.stem}: {name}")
+        bundles[name] = save_bundle(
+            f"{stem}.skops", head, label_names=class_names, recipe=split.recipe, metrics=row, head_name=name,
+            graded=split.graded, extra=extra,
+        )
+        log(f"  {name}: {metric} {_format_optional(row.get(metric))} in {row['fit_seconds']:.2f} s -> {bundles[name]}")
+
+    best = _best_head(rows, metric)
+    report = _train_report(rows, best, metric, details[best], bundles, pngs)
+    return TrainResult(
+        rows=rows, best=best, bundles=bundles, confusion_pngs=pngs, report=report, metric=metric,
+        label_names=class_names, graded=split.graded,
+    )
+
+
+@dataclass
+class _Split:
+    """Training and test rows, ready for the heads."""
+
+    train: _Rows
+    test: _Rows
+    class_names: list[str]
+    graded: bool
+    recipe: dict
+    test_label: str  # what was tested on, in words
+
+
+def _check_options(*, metric, folds, test, test_size) -> None:
     if metric not in METRICS:
         raise FeatxError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
     if folds is not None and int(folds) < 2:
         raise FeatxError(f"folds must be at least 2 (got {folds}); leave it out for a single model")
     if test is None and not 0.0 < float(test_size) < 1.0:
         raise FeatxError(f"test_size must be between 0 and 1 (got {test_size}), e.g. 0.25")
-    features = Path(features)
+
+
+def _load_split(features: Path, *, test, test_size, ordinal, folds, seed, log) -> _Split:
+    """Read the labelled rows and split them (or read the test file); refuse what cannot train."""
     with _open_store(features) as store:
         class_names, graded = _class_order(store.label_names, ordinal)
         recipe = _bundle_recipe(store)
@@ -416,76 +473,51 @@ def train(
             with _open_store(test) as test_store:
                 store.check_compatible(test_store)
                 held_out = _read_rows(test_store, class_names, Path(test), log)
-    head_names = _resolve_heads(heads, graded, log)
-    if len(np.unique(data.y)) < 2:
+    present = np.unique(data.y)
+    if len(present) < 2:
         raise FeatxError(f"{features} has fewer than 2 labelled classes; a classifier needs at least 2")
-
+    absent = [name for index, name in enumerate(class_names) if index not in present]
+    if absent:
+        log(f"class(es) {', '.join(absent)} have no labelled rows in {features}; no model will predict them")
+    train_need = max(MIN_TRAIN_IMAGES_PER_CLASS, int(folds or 0))
     if test is None:
-        need = max(MIN_TRAIN_IMAGES_PER_CLASS, int(folds or 0)) + 1
-        _check_class_sizes(data.y, data.groups, class_names, need=need, where=f"in {features} (train + test)")
-        train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=float(test_size), seed=seed)
-        held_out = _subset(data, test_rows)
-        data = _subset(data, train_rows)
+        _check_class_sizes(data.y, data.groups, class_names, need=train_need + 1,
+                           where=f"in {features} ({train_need} to train, 1 to test)")
+        train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=test_size, seed=seed)
+        data, held_out = _subset(data, train_rows), _subset(data, test_rows)
         test_label = f"{len(np.unique(held_out.groups))} held-out images ({test_size:.0%}, seed {seed})"
     else:
-        test_label = f"{test}"
-    _check_class_sizes(
-        data.y, data.groups, class_names, need=max(MIN_TRAIN_IMAGES_PER_CLASS, int(folds or 0)), where="to train on"
-    )
+        test_label = str(test)
+    _check_class_sizes(data.y, data.groups, class_names, need=train_need, where="to train on")
     if (held_out.aug > 0).any():
-        held_out = _subset(held_out, np.flatnonzero(held_out.aug == 0))  # score originals only
+        held_out = _subset(held_out, np.flatnonzero(held_out.aug == 0))  # score the originals only
     if len(held_out.y) == 0:
-        raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled --test file")
+        raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled test file")
+    return _Split(train=data, test=held_out, class_names=class_names, graded=graded, recipe=recipe,
+                  test_label=test_label)
 
-    n_classes = len(class_names)
-    with_qwk = graded or metric == "qwk"
-    grouped_cv = len(np.unique(data.groups)) < len(data.groups)
-    order = "graded " if graded else ""
-    log(
-        f"training {len(head_names)} head(s) on {len(data.y)} rows of {features} "
-        f"({n_classes} {order}classes: {', '.join(class_names)}); testing on {len(held_out.y)} rows of {test_label}"
-    )
 
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    rows, details, bundles, pngs = [], {}, {}, {}
-    for name in head_names:
-        head = _build_head(
-            name, metric=metric, n_classes=n_classes, class_weight=class_weight, jobs=jobs, seed=seed,
-            folds=folds, grouped_cv=grouped_cv,
-        )
-        started = time.perf_counter()
-        try:
-            _fit(head, data.X, data.y, data.groups if grouped_cv else None)
-        except ValueError as error:
-            raise FeatxError(f"head '{name}' could not be trained: {error}") from None
-        fit_seconds = time.perf_counter() - started
-        y_pred = np.asarray(head.predict(held_out.X), dtype=np.int64)
-        row = {"head": name, "params": _chosen_params(head), "cv_score": _cv_score(head)}
-        row.update(_score_row(held_out.y, y_pred, n_classes=n_classes, with_qwk=with_qwk, bootstrap=bootstrap, seed=seed))
-        row["fit_seconds"] = round(fit_seconds, 3)
-        rows.append(row)
-        details[name], cm = _details(name, held_out.y, y_pred, class_names)
-        stem = f"{features.stem}-{name}"
-        pngs[name] = save_confusion_png(cm, class_names, output / f"{stem}-confusion.png", title=f"{features.stem}: {name}")
-        bundles[name] = save_bundle(
-            output / f"{stem}.skops", head, label_names=class_names, recipe=recipe, metrics=row, head_name=name,
-            graded=graded,
-            extra=_plain({
-                "features": str(features), "test": str(test) if test is not None else None,
-                "test_size": None if test is not None else float(test_size), "seed": seed, "folds": folds,
-                "class_weight": class_weight, "metric": metric, "train_rows": len(data.y),
-                "test_rows": len(held_out.y),
-            }),
-        )
-        log(f"  {name}: {metric} {_format_optional(row.get(metric))} in {fit_seconds:.2f} s -> {bundles[name]}")
-
-    best = _best_head(rows, metric)
-    report = _train_report(rows, best, metric, details[best], bundles, pngs)
-    return TrainResult(
-        rows=rows, best=best, bundles=bundles, confusion_pngs=pngs, report=report, metric=metric,
-        label_names=class_names, graded=graded,
-    )
+def _train_head(name, split: _Split, *, metric, class_weight, jobs, seed, folds, bootstrap):
+    """Fit one head and score it on the test rows: (fitted head, leaderboard row, test predictions)."""
+    data, held_out = split.train, split.test
+    n_classes = len(split.class_names)
+    grouped = len(np.unique(data.groups)) < len(data.groups)  # augmented copies present
+    head = _build_head(name, metric=metric, n_classes=n_classes, class_weight=class_weight, jobs=jobs, seed=seed,
+                       folds=folds, grouped_cv=grouped)
+    started = time.perf_counter()
+    try:
+        _fit(head, data.X, data.y, data.groups if grouped else None)
+    except ValueError as error:
+        raise FeatxError(
+            f"head '{name}' could not be trained ({error}); add labelled images per class or use fewer folds"
+        ) from None
+    fit_seconds = time.perf_counter() - started
+    y_pred = np.asarray(head.predict(held_out.X), dtype=np.int64)
+    row = {"head": name, "params": _chosen_params(head), "cv_score": _cv_score(head)}
+    row.update(_score_row(held_out.y, y_pred, n_classes=n_classes, with_qwk=split.graded or metric == "qwk",
+                          bootstrap=bootstrap, seed=seed))
+    row["fit_seconds"] = round(fit_seconds, 3)
+    return head, row, y_pred
 
 
 def _format_optional(value) -> str:
@@ -503,11 +535,11 @@ def _open_store(path):
 
 
 def _bundle_recipe(store) -> dict:
-    """The store's feature recipe plus how images were resized, so predict repeats extraction exactly."""
+    """How the store's features were made (identity, preprocessing, resize), so predict repeats it exactly."""
     recipe = _plain(dict(store.recipe))
-    resize = store.attrs.get("resize")
-    if resize is not None:
-        recipe["resize"] = _plain(resize)
+    for key in _EXTRACTION_KEYS:
+        if key in store.attrs:
+            recipe[key] = _plain(store.attrs[key])
     return recipe
 
 
@@ -626,22 +658,18 @@ def _expected_grades(model: Bundle, X) -> np.ndarray | None:
     return expected
 
 
-def _backbone_recipe(recipe: dict) -> dict:
-    return {key: value for key, value in recipe.items() if key != "resize"}
-
-
 def predict(
     bundle, images, *, output=None, batch_size: int = 32, log: Callable[[str], object] = print
 ) -> PredictResult:
     """Predict image files and folders with a saved bundle; write a CSV (path, predicted, p_<class>...)."""
     from featx.backbones import from_recipe
-    from featx.extract import features_for_files
+    from featx.runner import features_for_files
 
     model = _as_bundle(bundle)
     files = _expand_images(images)
     output = Path("predictions.csv") if output is None else Path(output)
     recipe = model.recipe
-    backbone = from_recipe(_backbone_recipe(recipe))
+    backbone = from_recipe(recipe)
     log(f"extracting {len(files)} image(s) with {recipe.get('backbone')} for {model.head_name}")
     X, kept, skipped = features_for_files(
         files, backbone, tta=recipe.get("tta") or None, crop=recipe.get("resize") == "crop", batch_size=batch_size
