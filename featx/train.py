@@ -320,8 +320,12 @@ def _chosen_params(head) -> dict:
 
 
 def _cv_score(head) -> float | None:
-    """The search's best cross-validated score (mean over fold models), or None without a search."""
-    scores = [obj.best_score_ for member in _members(head) for obj in _inner_objects(member) if hasattr(obj, "best_score_")]
+    """The head's own search's best cross-validated score (mean over fold models), or None.
+
+    Searches nested deeper (e.g. inside the ordinal head) score something else, such as log-loss,
+    so they are not reported beside the test metric.
+    """
+    scores = [member.best_score_ for member in _members(head) if hasattr(member, "best_score_")]
     return float(np.mean(scores)) if scores else None
 
 
@@ -548,6 +552,8 @@ def _train_report(rows, best, metric, best_details, bundles, pngs) -> str:
 
     lines = [
         leaderboard_table(rows),
+        f"(cv score: the head's hyperparameter search, mean 3-fold {metric} on the training rows; "
+        "intervals: 95% bootstrap over the test rows)",
         "",
         f"best head by {metric}: {best} -> {bundles[best]} (confusion matrix: {pngs[best]})",
         "",
@@ -580,8 +586,10 @@ def _check_recipe(bundle: Bundle, store, source) -> None:
             )
 
 
-def evaluate(bundle, features, *, log: Callable[[str], object] = print) -> EvalResult:
-    """Score a saved bundle on another labelled feature file (original, non-augmented rows)."""
+def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], object] = print) -> EvalResult:
+    """Score a saved bundle (path or Bundle) on another labelled feature file, original rows only."""
+    from featx.report import leaderboard_table
+
     model = _as_bundle(bundle)
     features = Path(features)
     with _open_store(features) as store:
@@ -599,16 +607,12 @@ def evaluate(bundle, features, *, log: Callable[[str], object] = print) -> EvalR
             f"{features} has {data.X.shape[1]} features per row but the model expects {expected_dim}; "
             "extract features with the model's recipe"
         )
-    n_classes = len(model.label_names)
     y_pred = np.asarray(model.head.predict(data.X), dtype=np.int64)
-    bootstrap = 1000
     row = {"head": model.head_name, "params": model.metrics.get("params"), "cv_score": model.metrics.get("cv_score")}
-    row.update(_score_row(data.y, y_pred, n_classes=n_classes, with_qwk=model.graded or "qwk" in model.metrics,
-                          bootstrap=bootstrap, seed=0))
+    row.update(_score_row(data.y, y_pred, n_classes=len(model.label_names),
+                          with_qwk=model.graded or "qwk" in model.metrics, bootstrap=bootstrap, seed=0))
     row["fit_seconds"] = None
     details, _ = _details(model.head_name, data.y, y_pred, model.label_names)
-    from featx.report import leaderboard_table
-
     report = "\n".join([
         f"{model.path or model.head_name} on {features} ({len(data.y)} images)",
         leaderboard_table([row]),
@@ -702,7 +706,6 @@ def predict(
             row["expected_grade"] = float(expected[i])
         rows.append(row)
     _write_csv(output, columns, rows)
-    log(f"wrote {len(rows)} prediction(s) to {output}" + (f"; skipped {len(skipped)}" if skipped else ""))
     return PredictResult(output=output, rows=rows, skipped=list(skipped))
 
 
