@@ -269,4 +269,6 @@ def test_predict_round_trip_from_real_images(tmp_path):
         assert row["predicted"] == truth
         assert float(row[f"p_{truth}"]) > 0.5
         assert abs(float(row["p_bright"]) + float(row["p_dark"]) - 1.0) < 1e-4
+    with pytest.raises(FeatxError, match="could be decoded"):
+        predict(result.bundles["logreg"], [data / "broken.png"], output=tmp_path / "none.csv", log=lambda m: None)
 
