@@ -3,7 +3,7 @@
 import os as _os
 
 # TensorFlow's C++ start-up chatter hides featx's own messages; users can still set their own level.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
 

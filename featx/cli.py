@@ -10,7 +10,7 @@ import sys
 from featx import __version__
 from featx.errors import FeatxError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _cmd_info(args):

@@ -3,7 +3,7 @@
 import os
 
 # Before TensorFlow is first imported (lazily, when a model is built): keep its logs quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from featx.backbones.registry import (  # noqa: E402
     DEFAULT_BACKBONE,

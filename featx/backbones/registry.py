@@ -238,7 +238,7 @@ def _normalise_weights(weights):
 
 
 def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _lite_preprocess(batch: np.ndarray) -> np.ndarray:
