@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Digit words, not "0".."9": integer class names would make featx treat the classes as ordered grades.
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# Not bare "0".."9": integer class names would make featx treat the digits as ordered grades.
+DIGIT_NAMES = [f"{d}_{w}" for d, w in enumerate(
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])]
 DEMO_HEADS = ("logreg", "svm", "mlp")
 MARKER = ".featx-demo"
 
@@ -44,8 +45,8 @@ def write_digits(root, *, test_fraction=0.2, seed=0, size=32) -> tuple[int, int]
     return len(train_idx), len(test_idx)
 
 
-def run_demo(workdir=".", *, backbone="efficientnet_lite0", weights="auto", heads=DEMO_HEADS,
-             progress=True, echo=print):
+def run_demo(workdir=".", *, backbone="efficientnet_lite0", weights="auto", image_size=None,
+             heads=DEMO_HEADS, progress=True, echo=print):
     """Dataset -> features -> heads -> bundle -> predictions, saying at each step where outputs go."""
     from featx.runner import extract
     from featx.train import predict, train
@@ -60,7 +61,8 @@ def run_demo(workdir=".", *, backbone="efficientnet_lite0", weights="auto", head
     features = work / "features" / "digits.h5"
     echo(f"[2/4] extracting features with {backbone} into {features.parent}/ "
          "(rerunning reuses what is already there)")
-    result = extract(data, features, backbone=backbone, weights=weights, progress=progress, echo=echo)
+    result = extract(data, features, backbone=backbone, weights=weights, image_size=image_size,
+                     progress=progress, echo=echo)
     echo(str(result))
     train_file = next(f.output for f in result.files if f.split == "train")
     test_file = next(f.output for f in result.files if f.split == "test")

@@ -171,7 +171,8 @@ def find_splits(root) -> dict[str, Path]:
                 f"{root} has two {split!r} split folders ({splits[split].name}, {child.name}); keep one"
             )
         splits[split] = child
-    return splits
+    # train, val, test: the order people read them in, whatever the folder names sort to
+    return {name: splits[name] for name in ("train", "val", "test") if name in splits}
 
 
 # --------------------------------------------------------------------------- decoding
