@@ -357,10 +357,15 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
     summaries = []
     processed = 0
     t_start = time.perf_counter()
+    if augment and split_roots:
+        echo(f"augmenting the train split only ({augment} copies per image): "
+             "validation and test images are scored as they are")
     for split, ds in splits.items():
+        # Augmented copies only help a head learn; stage 2 scores original images only.
+        split_augment = augment if split in (None, "train") else 0
         processed += _extract_split(
             ds, split, models, outputs, root=root, batch_size=batch_size, buffer_size=buffer_size,
-            dtype=dtype, augment=augment, tta=tta, crop=crop, seed=seed, workers=workers,
+            dtype=dtype, augment=split_augment, tta=tta, crop=crop, seed=seed, workers=workers,
             overwrite=overwrite, progress=progress, timer=timer, summaries=summaries, echo=echo,
             writer_cls=HDF5DatasetWriter,
         )

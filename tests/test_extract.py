@@ -144,6 +144,18 @@ def test_split_folders_give_one_file_per_split_with_shared_classes(tmp_path):
         assert {va.label_names[i] for i in va.labels} == {"ants", "bees"}
 
 
+def test_augment_applies_to_the_train_split_only(tmp_path):
+    root = tmp_path / "splits"
+    make_dataset(root / "train", n=2)
+    make_dataset(root / "val", n=2, seed=5)
+    result = run(root, tmp_path / "s.h5", augment=2)
+    rows = {f.split: f.rows for f in result.files}
+    assert rows == {"train": 12, "val": 4}
+    with FeatureStore(tmp_path / "s-val.h5") as fs:
+        assert fs.aug is None or not fs.aug.any()
+        assert fs.attrs["augment"] == 0
+
+
 def test_default_output_is_features_folder(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "flowers", n=2)
     monkeypatch.chdir(tmp_path)
