@@ -67,9 +67,11 @@ class ExtractResult:
 
     def timing_line(self) -> str:
         t = self.timings
+        workers = t.get("workers", 1)
+        where = f"summed over {workers} threads" if workers else "in the main thread"
         return (
             f"{self.images_processed} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s): "
-            f"decode {t['decode']:.1f} s (summed over {t.get('workers', 1)} workers), "
+            f"decode {t['decode']:.1f} s ({where}), "
             f"inference {t['inference']:.1f} s, write {t['write']:.1f} s, "
             f"waiting for decode {t['wait']:.1f} s"
         )
