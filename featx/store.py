@@ -976,7 +976,9 @@ def _class_lines(labels: np.ndarray, label_names: list[str]) -> list[str]:
 def _attr_lines(attrs: dict) -> list[str]:
     shown = {"backbone": "backbone", "weights_id": "weights", "pooling": "pooling",
              "image_size": "image size", "layer": "layer", "tta": "tta"}
-    lines = [f"{label}: {attrs[key]}" for key, label in shown.items() if key in attrs]
+    # An empty layer / tta means "none": say so instead of printing a blank value.
+    lines = [f"{label}: {attrs[key] if attrs[key] != '' else 'none'}" for key, label in shown.items()
+             if key in attrs]
     hidden = set(shown) | _RESERVED_ATTRS - {"created", "featx_version"}
     lines += [f"{key}: {attrs[key]}" for key in sorted(attrs) if key not in hidden]
     return lines
