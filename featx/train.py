@@ -252,7 +252,13 @@ def _build_head(name, *, metric, n_classes, class_weight, jobs, seed, folds, gro
     if "scoring" in head.get_params(deep=False):
         # Only the head's own search: searches nested inside a head keep the scoring their author chose
         # (e.g. log-loss where calibrated probabilities matter more than hits).
-        head.set_params(scoring=_scorer(metric, n_classes))
+        if metric == "accuracy" and name == "logreg":
+            # On a few hundred rows, 3-fold accuracy ties across many C and the first (strongest
+            # regularisation) wins, leaving probabilities near 0.5 for clear cases. Log loss is a
+            # proper scoring rule: it picks C by how good the probabilities are. Accuracy is reported.
+            head.set_params(scoring={"accuracy": "accuracy", "log_loss": "neg_log_loss"}, refit="log_loss")
+        else:
+            head.set_params(scoring=_scorer(metric, n_classes))
     if grouped_cv and folds is None and isinstance(head, GridSearchCV):
         # Augmented copies of one image in both the search's train and validation folds would make
         # the cross-validated score (and the chosen C) optimistic.
@@ -325,8 +331,16 @@ def _cv_score(head) -> float | None:
     Searches nested deeper (e.g. inside the ordinal head) score something else, such as log-loss,
     so they are not reported beside the test metric.
     """
-    scores = [member.best_score_ for member in _members(head) if hasattr(member, "best_score_")]
+    scores = [_reported_search_score(member) for member in _members(head) if hasattr(member, "best_score_")]
     return float(np.mean(scores)) if scores else None
+
+
+def _reported_search_score(search) -> float:
+    """The best candidate's cross-validated score in the reported metric, not the log loss it was chosen by."""
+    if isinstance(search.scoring, dict):
+        shown = next(key for key in search.scoring if key != search.refit)
+        return float(search.cv_results_[f"mean_test_{shown}"][search.best_index_])
+    return float(search.best_score_)
 
 
 # ----------------------------------------------------------------------------------------------

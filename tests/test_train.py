@@ -272,3 +272,16 @@ def test_predict_round_trip_from_real_images(tmp_path):
     with pytest.raises(FeatxError, match="could be decoded"):
         predict(result.bundles["logreg"], [data / "broken.png"], output=tmp_path / "none.csv", log=lambda m: None)
 
+
+
+def test_logreg_chooses_c_by_log_loss_so_clear_cases_get_confident_probabilities(tmp_path):
+    # Every C separates these classes perfectly, so accuracy alone ties across the whole grid and
+    # would keep the strongest regularisation (probabilities near 1/2 for obvious rows).
+    rows, labels = separable(30, 2, seed=3)
+    features = write_features(tmp_path / "easy.h5", rows, labels, ["left", "right"])
+    result = train(features, heads=["logreg"], output=tmp_path / "models", bootstrap=50, log=lambda *a: None)
+    row = result.rows[0]
+    assert row["cv_score"] == pytest.approx(1.0)  # reported in the metric (accuracy), not log loss
+    assert row["params"]["C"] > 1e-4
+    head = load_bundle(result.bundles["logreg"]).head
+    assert head.predict_proba(rows).max(axis=1).mean() > 0.9
