@@ -313,3 +313,18 @@ def test_sigkill_at_any_moment_then_rerun_completes(tmp_path):
     _assert_same_content(out, reference)
     with h5py.File(out, "r") as f:  # a plain h5py reader sees a complete, ordinary file
         assert f["features"].shape == (60, 1280)
+
+
+def test_float16_features_and_bad_options(tmp_path, backbone):
+    data = make_dataset(tmp_path / "half", n=2)
+    out = tmp_path / "half.h5"
+    run(data, out, dtype="float16", workers=1)
+    with FeatureStore(out) as fs:
+        assert fs.features.dtype == np.float16
+        expected = direct_features(backbone, [data / p for p in fs.paths])
+        np.testing.assert_allclose(fs.features[:].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+    for bad in (dict(dtype="int8"), dict(tta="rotate"), dict(augment=-1), dict(batch_size=0),
+                dict(backbone="no_such_net")):
+        with pytest.raises(FeatxError):
+            run(data, tmp_path / "bad.h5", **bad)
+    assert not (tmp_path / "bad.h5").exists()
