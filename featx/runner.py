@@ -116,16 +116,16 @@ def _decode(item: _Item, sizes, *, augment: int, tta: str | None, crop: bool, se
     image, reason = images.try_load_image(item.file)
     if image is None:
         return None, reason, time.perf_counter() - t0
-    variants = [image]
-    if augment:
-        rng = _image_rng(seed, item.path)
-        variants += [images.augment(image, rng) for _ in range(augment)]
-    if tta == "flip":
-        variants += [images.tta_flip(v) for v in variants]
     try:
+        variants = [image]
+        if augment:
+            rng = _image_rng(seed, item.path)
+            variants += [images.augment(image, rng) for _ in range(augment)]
+        if tta == "flip":
+            variants += [images.tta_flip(v) for v in variants]
         arrays = {s: np.stack([images.resize(v, s, crop=crop) for v in variants]) for s in sizes}
-    except Exception as exc:  # a pathological image must not stop the run
-        return None, f"cannot resize image: {exc}", time.perf_counter() - t0
+    except Exception as exc:  # a pathological image (e.g. 1x1 pixels) must not stop the run
+        return None, f"cannot transform image: {exc}", time.perf_counter() - t0
     return arrays, None, time.perf_counter() - t0
 
 
@@ -199,7 +199,7 @@ class _Timer:
 
 def _stream_features(items, backbones, *, needs, batch_size, workers, augment, tta, crop, seed,
                      timer: _Timer, progress=None):
-    """Yield (group of (item, reason)), {backbone_index: [rows per decoded item]}) batch by batch.
+    """Yield ([(item, arrays or None, reason or None)], {backbone_index: {path: rows}}) batch by batch.
 
     needs[b] is the set of item paths backbone b still has to process (resume), or None for all.
     """
@@ -291,21 +291,20 @@ def _output_paths(root: Path, output, splits, backbone_names):
     return out
 
 
-def _class_names_for_splits(split_roots) -> list:
+def _list_splits(split_roots, seed) -> dict:
+    """List every split once and give them one shared, ordered class list (a class may be absent from a split)."""
+    from dataclasses import replace
+
     from featx import images
 
-    names = set()
-    for root in split_roots.values():
-        ds = images.list_dataset(root)
-        names.update(ds.label_names)
-    return images.sort_class_names(names) if hasattr(images, "sort_class_names") else _sort_names(names)
-
-
-def _sort_names(names):
-    names = list(names)
-    if names and all(n.lstrip("-").isdigit() for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
+    listed = {split: images.list_dataset(path, seed=seed) for split, path in split_roots.items()}
+    names = images.sort_class_names(set().union(*(ds.label_names for ds in listed.values())))
+    shared = {}
+    for split, ds in listed.items():
+        to_shared = np.array([names.index(n) for n in ds.label_names] + [-1], dtype=np.int64)
+        # index -1 (unlabeled) maps to the appended -1
+        shared[split] = replace(ds, labels=to_shared[ds.labels], label_names=list(names))
+    return shared
 
 
 def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
@@ -342,9 +341,7 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
 
     split_roots = images.find_splits(root)
     if split_roots:
-        label_names = _class_names_for_splits(split_roots)
-        splits = {s: images.list_dataset(p, seed=seed, label_names=label_names or None)
-                  for s, p in split_roots.items()}
+        splits = _list_splits(split_roots, seed)
     else:
         splits = {None: images.list_dataset(root, seed=seed)}
 

@@ -144,6 +144,17 @@ def test_split_folders_give_one_file_per_split_with_shared_classes(tmp_path):
         assert {va.label_names[i] for i in va.labels} == {"ants", "bees"}
 
 
+def test_unlabeled_test_split_keeps_the_shared_class_list(tmp_path):
+    root = tmp_path / "comp"
+    make_dataset(root / "train", classes=("cat", "dog"), n=2)
+    _write_images(root / "test", 3, seed=9)  # a competition-style test folder: images, no classes
+    result = run(root, tmp_path / "comp.h5")
+    outputs = {f.split: f.output for f in result.files}
+    with FeatureStore(outputs["test"]) as te, FeatureStore(outputs["train"]) as tr:
+        assert len(te) == 3 and (te.labels == -1).all()
+        assert te.label_names == tr.label_names == ["cat", "dog"]
+
+
 def test_augment_applies_to_the_train_split_only(tmp_path):
     root = tmp_path / "splits"
     make_dataset(root / "train", n=2)
