@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,8 +241,8 @@ def load_converted_weights(name: str, source: Path, source_sha256: str) -> dict[
     try:
         with np.load(cached, allow_pickle=False) as archive:
             return _unflatten(dict(archive))
-    except (OSError, ValueError, KeyError):
-        pass  # missing or corrupt: rebuild below
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # missing or corrupt (a truncated .npz is a BadZipFile): rebuild below
     weights = keras_weights_from_state_dict(name, load_legacy(source))
     _write_cache(cached, weights)
     return weights
@@ -249,14 +250,14 @@ def load_converted_weights(name: str, source: Path, source_sha256: str) -> dict[
 
 def _write_cache(path: Path, weights: dict[str, list[np.ndarray]]) -> None:
     # Write then rename, so a concurrent reader never sees half a file; a read-only cache is not fatal.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         with open(partial, "wb") as file:
             np.savez(file, **_flatten(weights))
         os.replace(partial, path)
     except OSError:
-        pass
+        partial.unlink(missing_ok=True)  # a full disk must not also leave a half-written file
 
 
 def _flatten(weights: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
