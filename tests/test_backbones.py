@@ -314,6 +314,29 @@ def test_offline_keras_weights_error_says_what_to_fetch_and_where(tmp_path, monk
     assert backbone_info("mobilenet_v2")["weights_available"] is True
 
 
+def test_weights_download_checks_the_hash_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import hashlib
+
+    from featx.backbones import keras_apps
+
+    # A file:// URL exercises the real download path without a network.
+    monkeypatch.delenv("FEATX_OFFLINE")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    published = tmp_path / "published.h5"
+    published.write_bytes(b"weights" * 1000)
+    good_md5 = hashlib.md5(published.read_bytes()).hexdigest()
+    models = tmp_path / "keras" / "models"
+
+    tampered = keras_apps.WeightsFile("w.h5", published.as_uri(), "0" * 32)
+    with pytest.raises(FeatxError, match="does not match its published hash"):
+        keras_apps.find_or_download("vgg16", tampered)
+    assert list(models.iterdir()) == []
+
+    path = keras_apps.find_or_download("vgg16", keras_apps.WeightsFile("w.h5", published.as_uri(), good_md5))
+    assert path == models / "w.h5" and path.read_bytes() == published.read_bytes()
+    assert [p.name for p in models.iterdir()] == ["w.h5"]
+
+
 def test_recipe_round_trip_and_changed_weights_are_refused(lite0):
     recipe = lite0.recipe()
     assert recipe == {

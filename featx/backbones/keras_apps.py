@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -284,14 +283,18 @@ def _download(weights_file: WeightsFile, target: Path) -> None:
     if os.environ.get("FEATX_OFFLINE"):
         raise OSError("FEATX_OFFLINE is set")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Our own timeout: keras.utils.get_file has none and can hang on a filtered network.
-    with urllib.request.urlopen(weights_file.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as partial:
-            shutil.copyfileobj(response, partial, 1 << 20)
-    if not _hash_matches(Path(partial.name), weights_file.file_hash):
-        os.unlink(partial.name)
-        raise ValueError(f"downloaded {weights_file.file_name} does not match its published hash")
-    os.replace(partial.name, target)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    try:
+        # Our own timeout: keras.utils.get_file has none and can hang on a filtered network.
+        with urllib.request.urlopen(weights_file.url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
+                open(partial, "wb") as file:
+            shutil.copyfileobj(response, file, 1 << 20)
+        if not _hash_matches(partial, weights_file.file_hash):
+            raise ValueError(f"downloaded {weights_file.file_name} does not match its published hash")
+        os.replace(partial, target)
+    finally:
+        # A timeout or reset mid-copy must not leave hundreds of MB of .part files behind.
+        partial.unlink(missing_ok=True)
 
 
 def _hash_matches(path: Path, expected: str) -> bool:
