@@ -109,6 +109,22 @@ def _atomic_publish(tmp_path: str, final_path: str) -> None:
     _fsync_dir(os.path.dirname(os.path.abspath(final_path)))
 
 
+def _write_hdf5_atomically(final_path: str, tmp_path: str, fill) -> None:
+    """Create tmp_path, ``fill(h5file)`` it, then publish it as final_path; never leave tmp_path."""
+    try:
+        with h5py.File(tmp_path, "w") as h5file:
+            fill(h5file)
+        _atomic_publish(tmp_path, final_path)
+    except OSError as exc:
+        raise FeatxError(
+            f"could not write {final_path} ({exc}); free disk space, then rerun the same command to resume"
+        ) from None
+    finally:
+        # Also after a FeatxError (an unreadable shard): a temp copy of the data can be large.
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
 def _parts_dir(path: str) -> str:
     return path + ".parts"
 
@@ -595,35 +611,28 @@ class HDF5DatasetWriter:
             return
         os.makedirs(self._parts, exist_ok=True)
         name = f"shard-{self._next_shard:06d}.h5"
-        final_path = os.path.join(self._parts, name)
-        tmp_path = os.path.join(self._parts, f".{name}.tmp-{os.getpid()}")
-        rows = (np.concatenate(self._buf_rows) if self._buf_rows
-                else np.empty((0, self.dim), dtype=self.dtype))
-        try:
-            with h5py.File(tmp_path, "w") as h5file:
-                h5file.create_dataset(self.dataKey, data=rows)
-                h5file.create_dataset("labels", data=np.concatenate(self._buf_labels)
-                                      if self._buf_labels else np.empty(0, np.int64))
-                h5file.create_dataset("paths", data=np.array(self._buf_paths, dtype=object), dtype=_STR)
-                h5file.create_dataset("aug", data=np.concatenate(self._buf_aug)
-                                      if self._buf_aug else np.empty(0, np.int64))
-                h5file.create_dataset("skipped", data=np.array(self._buf_skipped, dtype=object)
-                                      .reshape(-1, 2), dtype=_STR)
-                h5file.create_dataset("label_names", data=np.array(self._label_names, dtype=object),
-                                      dtype=_STR)
-                self._write_attrs(h5file.attrs)
-                h5file.attrs.update({"format": SHARD_FORMAT, "shard_index": self._next_shard,
-                                     "has_aug": self._any_aug, "parts_generation": self._generation})
-            _atomic_publish(tmp_path, final_path)
-        except OSError as exc:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise FeatxError(
-                f"could not write {final_path} ({exc}); free disk space, then rerun the same command to resume"
-            ) from None
+        _write_hdf5_atomically(os.path.join(self._parts, name),
+                               os.path.join(self._parts, f".{name}.tmp-{os.getpid()}"), self._fill_shard)
         self._shard_rows += self._buf_count
         self._next_shard += 1
         self._reset_buffer()
+
+    def _fill_shard(self, h5file: h5py.File) -> None:
+        rows = (np.concatenate(self._buf_rows) if self._buf_rows
+                else np.empty((0, self.dim), dtype=self.dtype))
+        h5file.create_dataset(self.dataKey, data=rows)
+        h5file.create_dataset("labels", data=np.concatenate(self._buf_labels)
+                              if self._buf_labels else np.empty(0, np.int64))
+        h5file.create_dataset("paths", data=np.array(self._buf_paths, dtype=object), dtype=_STR)
+        h5file.create_dataset("aug", data=np.concatenate(self._buf_aug)
+                              if self._buf_aug else np.empty(0, np.int64))
+        h5file.create_dataset("skipped", data=np.array(self._buf_skipped, dtype=object)
+                              .reshape(-1, 2), dtype=_STR)
+        h5file.create_dataset("label_names", data=np.array(self._label_names, dtype=object),
+                              dtype=_STR)
+        self._write_attrs(h5file.attrs)
+        h5file.attrs.update({"format": SHARD_FORMAT, "shard_index": self._next_shard,
+                             "has_aug": self._any_aug, "parts_generation": self._generation})
 
     def _write_attrs(self, target) -> None:
         target.update(self._attrs)
@@ -633,26 +642,19 @@ class HDF5DatasetWriter:
     # ---------------------------------------------------------------- assembly
 
     def _assemble(self, complete: bool) -> None:
-        tmp_path = f"{self.outputPath}.tmp-{os.getpid()}"
-        try:
-            with h5py.File(tmp_path, "w") as out:
-                sink = _FinalSink(out, self.dataKey, self.dim, self.dtype, self._any_aug,
-                                  expected_rows=self.rows_written)
-                for contents, h5file in self._sources():
-                    with h5file:
-                        sink.append(contents)
-                self._write_attrs(out.attrs)
-                out.attrs["complete"] = complete
-                out.attrs["parts_generation"] = self._generation
-                out.create_dataset("label_names", data=np.array(self._label_names, dtype=object),
-                                   dtype=_STR)
-            _atomic_publish(tmp_path, self.outputPath)
-        except OSError as exc:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise FeatxError(
-                f"could not write {self.outputPath} ({exc}); free disk space, then rerun the same command to resume"
-            ) from None
+        def fill(out: h5py.File) -> None:
+            sink = _FinalSink(out, self.dataKey, self.dim, self.dtype, self._any_aug,
+                              expected_rows=self.rows_written)
+            for contents, h5file in self._sources():
+                with h5file:
+                    sink.append(contents)
+            self._write_attrs(out.attrs)
+            out.attrs["complete"] = complete
+            out.attrs["parts_generation"] = self._generation
+            out.create_dataset("label_names", data=np.array(self._label_names, dtype=object),
+                               dtype=_STR)
+
+        _write_hdf5_atomically(self.outputPath, f"{self.outputPath}.tmp-{os.getpid()}", fill)
         # The final file now records this generation, so a kill during removal is harmless.
         shutil.rmtree(self._parts, ignore_errors=True)
 

@@ -189,6 +189,25 @@ def test_temp_leftovers_are_ignored_and_removed(tmp_path):
         assert_rows_exactly(store, 20)
 
 
+def test_unreadable_shard_at_close_is_one_line_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "out.h5"
+    writer = HDF5DatasetWriter(DIM, path, dataKey="features", bufSize=3)
+    for start in (0, 3):  # two shards of 3 rows
+        writer.add(make_rows(3, start), np.arange(start, start + 3) % 3, paths=PATHS[start:start + 3])
+    damaged = tmp_path / "out.h5.parts" / "shard-000001.h5"
+    damaged.write_bytes(b"damaged by a bad disk")
+    with pytest.raises(FeatxError, match="shard-000001.h5 is unreadable.*delete it") as err:
+        writer.close()
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5.parts"]  # no temp copy, no lock
+
+    damaged.unlink()
+    with HDF5DatasetWriter(DIM, path, dataKey="features", mode="a") as writer:
+        assert writer.rows_written == 3
+    with FeatureStore(path) as store:
+        np.testing.assert_array_equal(store.features[:], make_rows(3, 3))
+
+
 CHILD = textwrap.dedent(
     """
     import sys
