@@ -847,12 +847,14 @@ class FeatureStore:
         return f"FeatureStore({self.path!r}, rows={len(self)}, dim={self.dim})"
 
 
-def _rows_in_shards(shards: list[tuple[int, str]]) -> int:
+def _rows_in_shards(shards: list[tuple[int, str]], assembled_generation=None) -> int:
+    """Rows in the shards, leaving out those already assembled into a final file of that generation."""
     rows = 0
     for _, path in shards:
         h5file, shard = _open_shard(path)
         with h5file:
-            rows += len(shard)
+            if assembled_generation is None or shard.attrs.get("parts_generation") != assembled_generation:
+                rows += len(shard)
     return rows
 
 
@@ -903,21 +905,11 @@ def describe(path, max_skipped: int = 5) -> str:
         return _describe_in_progress(path, shards, max_skipped)
     with FeatureStore(path) as store:
         lines = _describe_store(store, max_skipped)
-        pending = _pending_rows(path, store.attrs.get("parts_generation"), shards)
+        pending = _rows_in_shards(shards, store.attrs.get("parts_generation"))
     if pending:
         lines.append(f"in progress: {pending} more rows waiting in {_parts_dir(path)} "
                      "(rerun the same `featx extract` command to add them)")
     return "\n".join(lines)
-
-
-def _pending_rows(path: str, final_generation, shards) -> int:
-    rows = 0
-    for _, shard_path in shards:
-        h5file, shard = _open_shard(shard_path)
-        with h5file:
-            if shard.attrs.get("parts_generation") != final_generation:
-                rows += len(shard)
-    return rows
 
 
 def _describe_store(store: FeatureStore, max_skipped: int) -> list[str]:

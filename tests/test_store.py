@@ -348,3 +348,19 @@ def test_describe_reports_what_was_written(tmp_path):
                      "pooling: avg", "image size: 224", "INCOMPLETE", "skipped files: 7",
                      "broken/0.gif: cannot decode", "... and 2 more", "featx_version: "]:
         assert expected in text, expected
+
+
+def test_describe_counts_only_shards_not_yet_assembled(tmp_path):
+    path = tmp_path / "out.h5"
+    writer = HDF5DatasetWriter(DIM, path, dataKey="features", bufSize=3)
+    writer.add(make_rows(4), np.arange(4) % 3, paths=PATHS[:4])
+    writer.flush()
+    shutil.copytree(f"{path}.parts", tmp_path / "saved.parts")
+    writer.close()
+    shutil.copytree(tmp_path / "saved.parts", f"{path}.parts")  # assembled already: not pending
+    assert "in progress" not in describe(path)
+
+    writer = HDF5DatasetWriter(DIM, path, dataKey="features", mode="a")
+    writer.add(make_rows(2, 4), [1, 2], paths=PATHS[4:6])
+    writer.abort()
+    assert "in progress: 2 more rows waiting in" in describe(path)
