@@ -7,7 +7,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -61,14 +61,17 @@ class Dataset:
         return len(self.paths)
 
 
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _visible_images(root: Path) -> Iterator[Path]:
+    """Every image under root that is not in a hidden file or folder, relative to root, lazily."""
+    for found in list_files(str(root), validExts=IMAGE_EXTENSIONS):
+        relative = Path(found).relative_to(root)
+        if not any(part.startswith(".") for part in relative.parts):
+            yield relative
 
 
 def _relative_image_paths(root: Path) -> list[Path]:
     """Every non-hidden image under root, relative to root, in sorted order."""
-    found = (Path(p).relative_to(root) for p in list_files(str(root), validExts=IMAGE_EXTENSIONS))
-    return sorted((p for p in found if not _is_hidden(p)), key=lambda p: p.as_posix())
+    return sorted(_visible_images(root), key=lambda p: p.as_posix())
 
 
 def sort_class_names(names: Iterable[str]) -> list[str]:
@@ -144,7 +147,7 @@ def _class_names(root: Path, found: set[str], label_names: Sequence[str] | None)
 
 
 def _has_images(folder: Path) -> bool:
-    return any(not _is_hidden(Path(p).relative_to(folder)) for p in list_files(str(folder), validExts=IMAGE_EXTENSIONS))
+    return next(_visible_images(folder), None) is not None
 
 
 def find_splits(root) -> dict[str, Path]:

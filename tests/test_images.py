@@ -329,6 +329,8 @@ def test_find_splits(tmp_path):
     assert find_splits(make_tree(tmp_path / "classes", ["cat/1.png", "dog/2.png"])) == {}
     assert find_splits(make_tree(tmp_path / "extra", ["train/a/1.png", "other/2.png"])) == {}
     assert find_splits(make_tree(tmp_path / "loose", ["train/a/1.png", "3.png"])) == {}
+    hidden_only = make_tree(tmp_path / "hidden", ["train/a/1.png", "other/.thumbs/x.png", ".cache/y.png"])
+    assert find_splits(hidden_only) == {"train": hidden_only / "train"}  # hidden images do not count
     with pytest.raises(FeatxError, match="val"):
         find_splits(make_tree(tmp_path / "twice", ["train/a/1.png", "val/a/2.png", "validation/a/3.png"]))
 
