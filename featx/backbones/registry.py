@@ -190,9 +190,9 @@ def _check_batch_shape(batch: np.ndarray, size: int) -> None:
 def _resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
     if batch.shape[1:3] == (size, size):
         return batch
-    import cv2
+    from featx.images import resize
 
-    return np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in batch])
+    return np.stack([resize(image, size) for image in batch])
 
 
 # ----------------------------------------------------------------------------- building
@@ -413,13 +413,10 @@ def default_check_image() -> Path:
 
 def check_image(name: str = DEFAULT_BACKBONE, image_path=None, weights="auto", top: int = 5) -> list[tuple[str, float]]:
     """ImageNet top-k classes for one image: a quick proof that the weights are real."""
-    import cv2
+    from featx.images import load_image  # the decoder extract uses: alpha, 16-bit, EXIF, any path
 
     path = Path(image_path) if image_path is not None else default_check_image()
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FeatxError(f"cannot read image {path}: pass a JPEG or PNG file")
-    image = _center_square(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    image = _center_square(load_image(path))
     return get_backbone(name, weights=weights).classify(image[None], top=top)[0]
 
 
