@@ -16,41 +16,30 @@ __all__ = ["BUNDLE_FORMAT", "Bundle", "load_bundle", "save_bundle", "trusted_typ
 
 BUNDLE_FORMAT = "featx-bundle/1"
 
-# Types a featx bundle may hold beyond what skops trusts by default. Reviewed by hand: each is a
-# plain data holder or a scikit-learn function/object that our heads store after fitting (CV
-# splitters, scorers, optimiser state, calibrators). Never extend this from a file's own contents.
-_SKLEARN_TYPES = (
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
+# Types train adds around a featx.heads head (whose own list is featx.heads.TRUSTED_TYPES): the
+# scorers of each --metric and the grouped splitter used when augmented copies share an image
+# (and a few sklearn types from the first hand-written list). Reviewed by hand. Never extend this
+# from a file's own contents.
+_TRAIN_TYPES = (
     "sklearn.isotonic.IsotonicRegression",
     "sklearn.metrics._classification.accuracy_score",
     "sklearn.metrics._classification.cohen_kappa_score",
     "sklearn.metrics._classification.f1_score",
-    "sklearn.metrics._classification.log_loss",
-    "sklearn.metrics._scorer._PassthroughScorer",
-    "sklearn.metrics._scorer._Scorer",
     "sklearn.model_selection._split.GroupKFold",
     "sklearn.model_selection._split.KFold",
     "sklearn.model_selection._split.StratifiedGroupKFold",
-    "sklearn.model_selection._split.StratifiedKFold",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
 )
-# featx's own estimators, named by class so a module move in featx.heads cannot silently break loading.
-_FEATX_HEAD_CLASSES = ("FoldEnsemble", "MLPHead", "OrdinalThresholds", "RoundedRegression")
-_FEATX_FUNCTIONS = ("quadratic_weighted_kappa",)
 
 
 def trusted_types() -> list[str]:
     """The fixed list of type names `load_bundle` lets skops construct (besides skops' defaults)."""
-    import featx.heads
+    from featx.heads import TRUSTED_TYPES, quadratic_weighted_kappa
 
-    names = list(_SKLEARN_TYPES)
-    for attribute in _FEATX_HEAD_CLASSES + _FEATX_FUNCTIONS:
-        obj = getattr(featx.heads, attribute, None)
-        if obj is not None:
-            names.append(f"{obj.__module__}.{obj.__qualname__}")
-    return sorted(names)
+    # The --metric qwk scorer, named from the function so a module move in featx.heads follows it.
+    qwk = f"{quadratic_weighted_kappa.__module__}.{quadratic_weighted_kappa.__qualname__}"
+    return sorted({*TRUSTED_TYPES, *_TRAIN_TYPES, qwk})
 
 
 @dataclass
