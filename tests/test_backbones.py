@@ -253,6 +253,7 @@ def test_random_weights_are_deterministic_and_recipe_round_trips():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside keras' save_weights
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # keras, before it refuses the wrong file
 def test_weights_from_a_file(tmp_path):
     import keras
 
@@ -269,6 +270,15 @@ def test_weights_from_a_file(tmp_path):
 
     rebuilt = from_recipe(backbone.recipe())
     np.testing.assert_allclose(rebuilt(inputs), expected, rtol=1e-4, atol=1e-5)
+
+    # A file for another architecture, and a damaged one: one line saying what was expected.
+    with pytest.raises(FeatxError, match=r"cannot load .* into efficientnet_lite0 .*expected a \.pth") as err:
+        get_backbone("efficientnet_lite0", weights=str(path))
+    damaged = tmp_path / "damaged.weights.h5"
+    damaged.write_bytes(b"not HDF5")
+    with pytest.raises(FeatxError, match=r"into mobilenet_v2 without its top .*expected a Keras weights") as err2:
+        get_backbone("mobilenet_v2", weights=str(damaged), image_size=96)
+    assert "\n" not in str(err.value) + str(err2.value)
 
 
 # ----------------------------------------------------------------------------- offline weights, recipes, registry

@@ -318,15 +318,19 @@ def build_model(name: str, image_size: int, weights_path: str | os.PathLike | No
         kwargs["input_shape"] = (image_size, image_size, 3)
     model = constructor(**kwargs)
     if weights_path is not None:
-        try:
-            model.load_weights(str(weights_path))
-        except Exception as error:  # Keras raises many types for a wrong or damaged file
-            raise FeatxError(
-                f"cannot load {weights_path} into {name}"
-                f"{'' if include_top else ' without its top'} ({_short_reason(error)}); "
-                f"expected a Keras weights file like {app.top.file_name if include_top else app.notop.file_name}"
-            ) from error
+        load_weights(model, weights_path, name if include_top else f"{name} without its top",
+                     f"a Keras weights file like {app.top.file_name if include_top else app.notop.file_name}")
     return model
+
+
+def load_weights(model, path, model_name: str, expected: str) -> None:
+    """model.load_weights(path), with one FeatxError saying what was expected for a wrong or damaged file."""
+    try:
+        model.load_weights(str(path))
+    except Exception as error:  # Keras raises many types for a wrong or damaged file
+        raise FeatxError(
+            f"cannot load {path} into {model_name} ({_short_reason(error)}); expected {expected}"
+        ) from error
 
 
 def preprocess_function(name: str):

@@ -261,18 +261,10 @@ def _build_lite(name, weights, image_size):
         if weights.suffix in (".pth", ".pt", ".bin"):
             lite.assign_weights(full, lite.load_converted_weights(name, weights, digest))
         else:
-            _load_keras_weights(full, weights, name)
+            keras_apps.load_weights(full, weights, name, "a .pth file or Keras weights saved from this backbone")
         weights_id = f"file:{weights} sha256:{digest}"
         classifier = lambda: full  # the features share its layers
     return full, weights_id, classifier
-
-
-def _load_keras_weights(model, path, name):
-    try:
-        model.load_weights(str(path))
-    except Exception as error:  # Keras raises many types for a wrong or damaged file
-        raise FeatxError(f"cannot load {path} into {name} ({' '.join(str(error).split())[:120]}); "
-                         "is it a weights file saved from this backbone?") from error
 
 
 def _build_keras(name, weights, image_size):
