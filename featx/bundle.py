@@ -17,19 +17,12 @@ __all__ = ["BUNDLE_FORMAT", "Bundle", "load_bundle", "save_bundle", "trusted_typ
 BUNDLE_FORMAT = "featx-bundle/1"
 
 # Types train adds around a featx.heads head (whose own list is featx.heads.TRUSTED_TYPES): the
-# scorers of each --metric and the grouped splitter used when augmented copies share an image
-# (and a few sklearn types from the first hand-written list). Reviewed by hand. Never extend this
-# from a file's own contents.
+# scorers of each --metric and the grouped splitter used when augmented copies share an image.
+# Reviewed by hand. Never extend this from a file's own contents.
 _TRAIN_TYPES = (
-    "sklearn.isotonic.IsotonicRegression",
     "sklearn.metrics._classification.accuracy_score",
-    "sklearn.metrics._classification.cohen_kappa_score",
     "sklearn.metrics._classification.f1_score",
-    "sklearn.model_selection._split.GroupKFold",
-    "sklearn.model_selection._split.KFold",
     "sklearn.model_selection._split.StratifiedGroupKFold",
-    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
 )
 
 
