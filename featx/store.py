@@ -168,10 +168,11 @@ class _Lock:
     """An exclusive, non-blocking flock on ``<output>.lock``; the OS drops it if we die."""
 
     def __init__(self, output_path: str):
+        self.output_path = output_path
         self.path = output_path + ".lock"
         self._fd = None
 
-    def acquire(self, output_path: str) -> None:
+    def acquire(self) -> None:
         if fcntl is None:  # pragma: no cover - Windows
             return
         while True:
@@ -181,7 +182,7 @@ class _Lock:
             except BlockingIOError:
                 os.close(fd)
                 raise FeatxError(
-                    f"{output_path} is being written by another process; "
+                    f"{self.output_path} is being written by another process; "
                     "wait for it to finish or choose another output"
                 ) from None
             # A previous holder may have unlinked the file between our open and flock;
@@ -363,7 +364,7 @@ class HDF5DatasetWriter:
         directory = os.path.dirname(os.path.abspath(self.outputPath))
         os.makedirs(directory, exist_ok=True)
         self._lock = _Lock(self.outputPath)
-        self._lock.acquire(self.outputPath)
+        self._lock.acquire()
         try:
             _remove_temp_leftovers(self.outputPath)
             self._prepare_output()
