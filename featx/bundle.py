@@ -15,6 +15,7 @@ from featx.errors import FeatxError
 __all__ = ["BUNDLE_FORMAT", "Bundle", "load_bundle", "save_bundle", "trusted_types"]
 
 BUNDLE_FORMAT = "featx-bundle/1"
+_REQUIRED_KEYS = ("head", "head_name", "label_names", "recipe", "metrics", "graded", "featx_version")
 
 # Types train adds around a featx.heads head (whose own list is featx.heads.TRUSTED_TYPES): the
 # scorers of each --metric and the grouped splitter used when augmented copies share an image.
@@ -97,6 +98,11 @@ def load_bundle(path: str | Path) -> Bundle:
         ) from None
     if not isinstance(content, dict) or content.get("format") != BUNDLE_FORMAT:
         raise FeatxError(f"{path} is not a featx model bundle; pass a .skops file written by `featx train`")
+    missing = [key for key in _REQUIRED_KEYS if key not in content]
+    if missing:
+        raise FeatxError(
+            f"{path} is an incomplete featx model bundle (no {', '.join(missing)}); retrain it with `featx train`"
+        )
     return Bundle(
         head=content["head"],
         label_names=list(content["label_names"]),

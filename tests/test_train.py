@@ -211,6 +211,10 @@ def test_load_bundle_refuses_untrusted_missing_and_corrupt_files(tmp_path):
     skops.io.dump({"some": "dict"}, foreign)
     with pytest.raises(FeatxError, match="not a featx model bundle"):
         load_bundle(foreign)
+    incomplete = tmp_path / "incomplete.skops"
+    skops.io.dump({"format": "featx-bundle/1", "head_name": "logreg"}, incomplete)
+    with pytest.raises(FeatxError, match="incomplete featx model bundle.*label_names"):
+        load_bundle(incomplete)
 
 
 def test_save_bundle_round_trips_metadata(tmp_path):
