@@ -192,14 +192,15 @@ def grouped_train_test_split(y, groups, *, test_size: float = 0.25, seed: int = 
     return np.flatnonzero(~in_test), np.flatnonzero(in_test)
 
 
-def _check_class_sizes(y, groups, class_names, *, need: int, where: str) -> None:
+def _check_class_sizes(y, groups, class_names, *, need: int, where: str, folds) -> None:
     """Refuse classes with fewer than `need` source images (classes with none are only logged)."""
+    need_from_folds = int(folds or 0) > MIN_TRAIN_IMAGES_PER_CLASS  # only then do fewer --folds help
     for index in np.unique(y):
         images = len(np.unique(groups[y == index]))
         if images < need:
             raise FeatxError(
                 f"class '{class_names[index]}' has only {images} labelled image(s) {where}; "
-                f"need at least {need}: add images or use fewer --folds"
+                f"need at least {need}: {_more_images_remedy(need_from_folds)}"
             )
 
 
@@ -500,13 +501,13 @@ def _load_split(features: Path, *, test, test_size, ordinal, folds, seed, log) -
     train_need = max(MIN_TRAIN_IMAGES_PER_CLASS, int(folds or 0))
     if test is None:
         _check_class_sizes(data.y, data.groups, class_names, need=train_need + 1,
-                           where=f"in {features} ({train_need} to train, 1 to test)")
+                           where=f"in {features} ({train_need} to train, 1 to test)", folds=folds)
         train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=test_size, seed=seed)
         data, held_out = _subset(data, train_rows), _subset(data, test_rows)
         test_label = f"{len(np.unique(held_out.groups))} held-out images ({test_size:.0%}, seed {seed})"
     else:
         test_label = str(test)
-    _check_class_sizes(data.y, data.groups, class_names, need=train_need, where="to train on")
+    _check_class_sizes(data.y, data.groups, class_names, need=train_need, where="to train on", folds=folds)
     if (held_out.aug > 0).any():
         held_out = _subset(held_out, np.flatnonzero(held_out.aug == 0))  # score the originals only
     if len(held_out.y) == 0:
@@ -527,7 +528,7 @@ def _train_head(name, split: _Split, *, metric, class_weight, jobs, seed, folds,
         _fit(head, data.X, data.y, data.groups if grouped else None)
     except ValueError as error:
         raise FeatxError(
-            f"head '{name}' could not be trained ({error}); add labelled images per class or use fewer folds"
+            f"head '{name}' could not be trained ({_last_line(error)}); {_more_images_remedy(folds)}"
         ) from None
     fit_seconds = time.perf_counter() - started
     y_pred = np.asarray(head.predict(held_out.X), dtype=np.int64)
@@ -536,6 +537,16 @@ def _train_head(name, split: _Split, *, metric, class_weight, jobs, seed, folds,
                           bootstrap=bootstrap, seed=seed))
     row["fit_seconds"] = round(fit_seconds, 3)
     return head, row, y_pred
+
+
+def _last_line(error: Exception) -> str:
+    """An error's message in one line: a search whose fits all failed ends with their cause."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _more_images_remedy(suggest_fewer_folds) -> str:
+    return "add labelled images per class" + (" or use fewer --folds" if suggest_fewer_folds else "")
 
 
 def _format_optional(value) -> str:

@@ -176,8 +176,23 @@ def test_integer_classes_are_graded_in_numeric_order(graded_run):
 def test_train_refuses_too_few_images_per_class(tmp_path):
     rows, labels = separable(3, 2)
     features = write_features(tmp_path / "tiny.h5", rows, labels, ["a", "b"])
-    with pytest.raises(FeatxError, match="class 'a' has only 3"):
+    with pytest.raises(FeatxError, match="class 'a' has only 3") as refused:
         train(features, output=tmp_path / "models", log=lambda message: None)
+    assert "--folds" not in str(refused.value)  # no --folds was given, so fewer cannot help
+
+
+@pytest.mark.filterwarnings("ignore")  # sklearn warns about every failed fit before giving up
+def test_a_head_that_cannot_train_says_why_in_one_line(tmp_path):
+    # 4 images per class pass the split (3 to train, 1 to test), but the SVM's calibration inside
+    # its search needs 3 per class within each search fold: every fit fails, with a traceback in the message.
+    rows, labels = separable(4, 3, dim=8)
+    features = write_features(tmp_path / "few.h5", rows, labels, ["a", "b", "c"])
+    with pytest.raises(FeatxError, match="head 'svm' could not be trained") as refused:
+        train(features, heads=["svm"], output=tmp_path / "models", bootstrap=0, log=lambda message: None)
+    message = str(refused.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert "3-fold cross-validation" in message  # the cause, from the end of sklearn's report
+    assert "--folds" not in message
 
 
 def test_train_refuses_ordinal_heads_for_named_classes(three_classes, tmp_path):
