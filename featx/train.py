@@ -508,8 +508,7 @@ def _load_split(features: Path, *, test, test_size, ordinal, folds, seed, log) -
     else:
         test_label = str(test)
     _check_class_sizes(data.y, data.groups, class_names, need=train_need, where="to train on", folds=folds)
-    if (held_out.aug > 0).any():
-        held_out = _subset(held_out, np.flatnonzero(held_out.aug == 0))  # score the originals only
+    held_out = _originals(held_out)
     if len(held_out.y) == 0:
         raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled test file")
     return _Split(train=data, test=held_out, class_names=class_names, graded=graded, recipe=recipe,
@@ -557,6 +556,11 @@ def _subset(data: _Rows, rows: np.ndarray) -> _Rows:
     return _Rows(X=data.X[rows], y=data.y[rows], groups=data.groups[rows], aug=data.aug[rows])
 
 
+def _originals(data: _Rows) -> _Rows:
+    """Only the rows of original images: scores are measured on those, never on augmented copies."""
+    return _subset(data, np.flatnonzero(data.aug == 0)) if (data.aug > 0).any() else data
+
+
 def _open_store(path):
     from featx.store import FeatureStore
 
@@ -600,7 +604,8 @@ def _same(a, b) -> bool:
     return ("" if a is None else str(a)) == ("" if b is None else str(b))
 
 
-def _check_recipe(bundle: Bundle, store, source) -> None:
+def _check_recipe(bundle: Bundle, store, source, log) -> None:
+    """Refuse features of another recipe; only note a test-time augmentation difference."""
     store_recipe = _plain(dict(store.recipe))
     for key in RECIPE_KEYS:
         model_value, file_value = bundle.recipe.get(key), store_recipe.get(key)
@@ -609,6 +614,8 @@ def _check_recipe(bundle: Bundle, store, source) -> None:
                 f"{source} has {key} {file_value!r} but the model was trained on {key} {model_value!r}; "
                 "extract features with the model's recipe"
             )
+    if not _same(bundle.recipe.get("tta"), store_recipe.get("tta")):
+        log(f"note: {source} and the model differ in test-time augmentation; scores may shift slightly")
 
 
 def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], object] = print) -> EvalResult:
@@ -618,12 +625,9 @@ def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], ob
     model = _as_bundle(bundle)
     features = Path(features)
     with _open_store(features) as store:
-        _check_recipe(model, store, features)
-        if not _same(model.recipe.get("tta"), _plain(dict(store.recipe)).get("tta")):
-            log(f"note: {features} and the model differ in test-time augmentation; scores may shift slightly")
+        _check_recipe(model, store, features, log)
         data = _read_rows(store, model.label_names, features, log)
-    if (data.aug > 0).any():
-        data = _subset(data, np.flatnonzero(data.aug == 0))
+    data = _originals(data)
     if len(data.y) == 0:
         raise FeatxError(f"{features} has no labelled images to evaluate on; use `featx predict` for unlabelled images")
     expected_dim = getattr(model.head, "n_features_in_", None)
