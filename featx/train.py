@@ -106,11 +106,16 @@ class _Rows:
 def _class_order(label_names: Sequence[str], ordinal: bool | None) -> tuple[list[str], bool]:
     """Class names in training order, and whether they are graded (ordered) labels."""
     names = [str(name) for name in label_names]
-    if names and all(_INTEGER.match(name.strip()) for name in names):
+    if _integer_names(names):
         # "10" must come after "9": grade order is numeric, whatever order the file stored.
         names = sorted(names, key=lambda name: int(name.strip()))
         return names, ordinal is not False
     return names, bool(ordinal)
+
+
+def _integer_names(names: Sequence[str]) -> bool:
+    """True when every class name is an integer: such names are grades."""
+    return bool(names) and all(_INTEGER.match(name.strip()) for name in names)
 
 
 def _label_index(file_names: Sequence[str], class_names: Sequence[str]) -> np.ndarray:
@@ -317,10 +322,7 @@ def _chosen_params(head) -> dict:
     for key in dict.fromkeys(key for chosen in per_member for key in chosen):
         values = [chosen.get(key) for chosen in per_member]
         params[key] = values[0] if all(value == values[0] for value in values) else values
-    try:
-        thresholds = head.thresholds_
-    except AttributeError:
-        thresholds = None
+    thresholds = getattr(head, "thresholds_", None)
     if thresholds is not None:
         params["thresholds"] = [round(float(t), 3) for t in np.ravel(thresholds)]
     return params
@@ -685,7 +687,7 @@ def _expected_grades(model: Bundle, X) -> np.ndarray | None:
         return None
     expected = np.asarray(model.head.expected_grade(X), dtype=float)
     names = model.label_names
-    if all(_INTEGER.match(name.strip()) for name in names):
+    if _integer_names(names):
         # The head works in class positions 0..K-1; report grades in the user's own numbers.
         return np.interp(expected, np.arange(len(names)), [int(name) for name in names])
     return expected
