@@ -50,9 +50,8 @@ def _cmd_extract(args):
 def _cmd_train(args):
     from featx.train import train
 
-    heads = args.heads if args.heads == "all" else [h.strip() for h in args.heads.split(",") if h.strip()]
     result = train(
-        args.features, test=args.test, test_size=args.test_size, heads=heads, folds=args.folds,
+        args.features, test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
         class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None, jobs=args.jobs,
         output=args.output, seed=args.seed,
     )

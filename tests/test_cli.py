@@ -79,3 +79,26 @@ def test_backbones_lists_the_registry(capsys):
     for name in ("efficientnet_lite0", "efficientnet_lite2", "vgg16", "resnet50", "inception_v3",
                  "mobilenet_v2", "efficientnet_b0"):
         assert name in table
+
+
+def test_train_and_evaluate_through_the_cli(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 4, size=(2, 16))
+    labels = np.repeat([0, 1], 20)
+    rows = centres[labels] + rng.normal(0, 0.5, size=(40, 16))
+    attrs = dict(backbone="efficientnet_lite0", weights_id="none (random init, seed 0)", pooling="avg",
+                 image_size=64)
+    features = tmp_path / "pets.h5"
+    with HDF5DatasetWriter((40, 16), str(features), dataKey="features", attrs=attrs) as w:
+        w.storeClassLabels(["cat", "dog"])
+        w.add(rows, labels, paths=[f"img{i}.png" for i in range(40)])
+    models = tmp_path / "models"
+    assert main(["train", str(features), "--heads", "logreg,mlp", "-o", str(models)]) == 0
+    report = capsys.readouterr().out
+    assert "logreg" in report and "mlp" in report and "classification report" in report
+    bundle = models / "pets-logreg.skops"
+    assert bundle.exists() and (models / "pets-logreg-confusion.png").exists()
+    assert main(["evaluate", str(bundle), str(features)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["train", str(features), "--heads", "no-such-head", "-o", str(models)]) == 1
+    assert "no-such-head" in capsys.readouterr().err
