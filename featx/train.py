@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import math
 import re
 import time
@@ -265,9 +264,10 @@ def _build_head(name, *, metric, n_classes, class_weight, jobs, seed, folds, gro
             head.set_params(scoring={"accuracy": "accuracy", "log_loss": "neg_log_loss"}, refit="log_loss")
         else:
             head.set_params(scoring=_scorer(metric, n_classes))
-    if grouped_cv and folds is None and isinstance(head, GridSearchCV):
+    if grouped_cv and isinstance(head, GridSearchCV):
         # Augmented copies of one image in both the search's train and validation folds would make
-        # the cross-validated score (and the chosen C) optimistic.
+        # the cross-validated score (and the chosen C) optimistic. Fold ensembles keep this splitter
+        # for their members' searches; nested searches (ordinal's) are made grouped when fitted.
         head.set_params(cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=seed))
     if folds:
         head = FoldEnsemble(head, n_splits=int(folds), random_state=seed)
@@ -276,10 +276,10 @@ def _build_head(name, *, metric, n_classes, class_weight, jobs, seed, folds, gro
 
 def _fit(head, X, y, groups):
     """Fit, passing `groups` (None unless rows share a source image) where the head takes it."""
-    from sklearn.model_selection._search import BaseSearchCV
+    from featx.heads._validation import takes_groups
 
-    # Searches take groups through **params (for their splitter); FoldEnsemble names it.
-    if groups is not None and (isinstance(head, BaseSearchCV) or "groups" in inspect.signature(head.fit).parameters):
+    # Searches take groups through **params (for their splitter); FoldEnsemble and OrdinalThresholds name it.
+    if groups is not None and takes_groups(head):
         return head.fit(X, y, groups=groups)
     return head.fit(X, y)
 

@@ -154,6 +154,74 @@ def test_fold_ensemble_keeps_each_group_on_one_side_of_every_split():
         assert 0 < len(seen_groups) < 40
 
 
+# Every (fitted-on rows, predicted rows) pair a _SplitSpy saw; a list because clones share no state.
+SPY_SPLITS = []
+
+
+class _SplitSpy(ClassifierMixin, BaseEstimator):
+    """Uniform probabilities; logs, at each predict_proba, the row ids (column 0) it was fitted on and is asked about."""
+
+    def __init__(self, C=1.0):
+        self.C = C
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        self.row_ids_ = X[:, 0].astype(int)
+        return self
+
+    def predict_proba(self, X):
+        SPY_SPLITS.append((self.row_ids_, X[:, 0].astype(int)))
+        return np.full((len(X), len(self.classes_)), 1.0 / len(self.classes_))
+
+    def predict(self, X):
+        return self.classes_[np.zeros(len(X), dtype=int)]
+
+
+def augmented_near_duplicates(n_images=30, copies=4, seed=0):
+    """Rows of 3-grade images, each with copies that differ by tiny noise: (X with row ids in column 0, y, groups)."""
+    rng = np.random.default_rng(seed)
+    image_grades = np.arange(n_images) % 3
+    image_features = rng.normal(size=(n_images, 6)) + image_grades[:, None]
+    groups = np.repeat(np.arange(n_images), copies)
+    rows = image_features[groups] + 1e-3 * rng.normal(size=(len(groups), 6))
+    X = np.column_stack([np.arange(len(groups)), rows])
+    return X, image_grades[groups], groups
+
+
+def spied_search():
+    """A 3-fold search over _SplitSpy, scored on probabilities so every validation fold is logged."""
+    return GridSearchCV(_SplitSpy(), {"C": [1.0, 2.0]}, cv=3, scoring="neg_log_loss")
+
+
+def assert_no_split_shares_a_group(groups):
+    assert SPY_SPLITS, "nothing was predicted out of fold"
+    for fitted_on, predicted in SPY_SPLITS:
+        assert not set(groups[fitted_on]) & set(groups[predicted])
+
+
+@pytest.mark.parametrize("head", ["fold ensemble of searches", "ordinal over a search", "fold ensemble of ordinal"])
+def test_internal_cross_validation_keeps_augmented_copies_together(head):
+    X, y, groups = augmented_near_duplicates()
+    search = spied_search()
+    estimator = {
+        "fold ensemble of searches": FoldEnsemble(search, n_splits=3),
+        "ordinal over a search": OrdinalThresholds(estimator=search, cv=3),
+        "fold ensemble of ordinal": FoldEnsemble(OrdinalThresholds(estimator=search, cv=3), n_splits=3),
+    }[head]
+    SPY_SPLITS.clear()
+    estimator.fit(X, y, groups=groups)
+    assert_no_split_shares_a_group(groups)
+    assert search.cv == 3  # the given search is untouched; its clones got the grouped splitter
+
+
+def test_without_groups_internal_splits_stay_as_they_were():
+    X, y, groups = augmented_near_duplicates()
+    SPY_SPLITS.clear()
+    OrdinalThresholds(estimator=spied_search(), cv=3).fit(X, y)
+    # Ungrouped, copies do land on both sides (the leak the groups prevent), i.e. behaviour is unchanged.
+    assert any(set(groups[fitted]) & set(groups[predicted]) for fitted, predicted in SPY_SPLITS)
+
+
 @pytest.mark.filterwarnings("ignore:The least populated class")
 def test_fold_ensemble_names_a_class_missing_from_a_fold():
     X = np.arange(20, dtype=float).reshape(-1, 1)

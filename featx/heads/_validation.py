@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
+from sklearn.model_selection import (
+    GroupKFold,
+    GroupShuffleSplit,
+    LeaveOneGroupOut,
+    LeavePGroupsOut,
+    StratifiedGroupKFold,
+)
+from sklearn.model_selection._search import BaseSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import has_fit_parameter
@@ -38,3 +48,44 @@ def fit_with_sample_weight(estimator, X, y, sample_weight=None):
             "use an estimator whose fit takes sample_weight."
         )
     return estimator.fit(X, y, sample_weight=sample_weight)
+
+
+# Splitters that already keep a group's rows on one side of every split.
+_GROUP_SPLITTERS = (GroupKFold, GroupShuffleSplit, LeaveOneGroupOut, LeavePGroupsOut, StratifiedGroupKFold)
+
+
+def group_splitter(cv, random_state=0):
+    """A group-aware version of a search's `cv`: StratifiedGroupKFold with as many splits.
+
+    Group-aware splitters are kept as they are; the seed is the given splitter's own where it has one.
+    """
+    if isinstance(cv, _GROUP_SPLITTERS):
+        return cv
+    n_splits = 5 if cv is None else cv if isinstance(cv, (int, np.integer)) else cv.get_n_splits()
+    seed = getattr(cv, "random_state", None)
+    return StratifiedGroupKFold(
+        n_splits=int(n_splits), shuffle=True, random_state=random_state if seed is None else seed
+    )
+
+
+def takes_groups(estimator) -> bool:
+    """True for searches (their splitter takes groups) and estimators whose fit names `groups`."""
+    return isinstance(estimator, BaseSearchCV) or "groups" in inspect.signature(estimator.fit).parameters
+
+
+def fit_grouped(estimator, X, y, groups=None, random_state=0):
+    """Fit `estimator` (a fresh clone: a search's cv is replaced on it) keeping each group together.
+
+    Without groups this is plain ``estimator.fit(X, y)``. With groups, a search splits by group
+    and an estimator whose fit takes `groups` gets them; others cannot use them.
+    """
+    if groups is None or not takes_groups(estimator):
+        return estimator.fit(X, y)
+    return with_group_cv(estimator, random_state).fit(X, y, groups=groups)
+
+
+def with_group_cv(estimator, random_state=0):
+    """`estimator` with a search's cv made group-aware (set on it: pass a clone); others as they are."""
+    if isinstance(estimator, BaseSearchCV):
+        estimator.set_params(cv=group_splitter(estimator.cv, random_state))
+    return estimator

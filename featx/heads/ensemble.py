@@ -10,6 +10,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from featx.heads._validation import fit_grouped
 from featx.heads.ordinal import grades_from_scores
 
 
@@ -43,10 +44,16 @@ class FoldEnsemble(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y, groups=None):
-        """Fit K members; with `groups`, rows of one group (e.g. augmented copies) share a fold."""
+        """Fit K members; with `groups`, rows of one group (e.g. augmented copies) share a fold.
+
+        Members that take groups (searches, OrdinalThresholds) get their fold's groups, so their
+        internal cross-validation keeps a group's rows together as well.
+        """
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         self.classes_ = unique_labels(y)
+        if groups is not None:
+            groups = np.asarray(groups)
         if groups is None:
             splitter = StratifiedKFold(self.n_splits, shuffle=True, random_state=self.random_state)
         else:
@@ -62,7 +69,12 @@ class FoldEnsemble(ClassifierMixin, BaseEstimator):
                     f"Fold {fold} has no training rows of class(es) {missing.tolist()}; "
                     "use fewer folds or gather more rows (groups) of those classes."
                 )
-            self.estimators_.append(clone(self.estimator).fit(X[train_rows], y[train_rows]))
+            # With groups, a member's own searches must keep a group's rows together too.
+            member_groups = None if groups is None else groups[train_rows]
+            member = clone(self.estimator)
+            self.estimators_.append(
+                fit_grouped(member, X[train_rows], y[train_rows], member_groups, self.random_state)
+            )
         return self
 
     @available_if(_members_have("predict_proba"))

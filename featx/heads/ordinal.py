@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.model_selection import StratifiedKFold, check_cv, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, check_cv, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
@@ -19,7 +19,13 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from featx.heads._validation import encode_classes, fit_with_sample_weight
+from featx.heads._validation import (
+    encode_classes,
+    fit_grouped,
+    fit_with_sample_weight,
+    takes_groups,
+    with_group_cv,
+)
 from featx.heads.metrics import qwk_from_grades
 
 # Ridge penalties to choose from by efficient leave-one-out; wide because pooled CNN
@@ -104,31 +110,51 @@ class OrdinalThresholds(ClassifierMixin, BaseEstimator):
         self.cv = cv
         self.random_state = random_state
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """Fit; with `groups` (e.g. an image and its augmented copies), a group's rows stay on one
+        side of the out-of-fold split and of a searching base estimator's own splits."""
         X, y = validate_data(self, X, y)
         self.classes_, grades = encode_classes(y)
         n_grades = len(self.classes_)
         base = default_ordinal_base() if self.estimator is None else self.estimator
-        oof_probabilities = cross_val_predict(
-            clone(base), X, grades, cv=self._splitter(grades), method="predict_proba"
-        )
+        if groups is not None:
+            groups = np.asarray(groups)
+        oof_probabilities = self._out_of_fold_probabilities(base, X, grades, groups)
         self.oof_expected_grade_ = expected_grades(oof_probabilities)
         self.thresholds_ = fit_thresholds(self.oof_expected_grade_, grades, n_grades)
-        self.estimator_ = clone(base).fit(X, grades)
+        self.estimator_ = fit_grouped(clone(base), X, grades, groups, self.random_state)
         return self
 
-    def _splitter(self, grades):
+    def _out_of_fold_probabilities(self, base, X, grades, groups):
+        splitter = self._splitter(grades, groups)
+        if groups is None:
+            return cross_val_predict(clone(base), X, grades, cv=splitter, method="predict_proba")
+        model = clone(base)
+        params = {}
+        if takes_groups(model):
+            model = with_group_cv(model, self.random_state)
+            params = {"groups": groups}  # cross_val_predict hands each fold its rows' groups
+        return cross_val_predict(
+            model, X, grades, groups=groups, cv=splitter, method="predict_proba", params=params
+        )
+
+    def _splitter(self, grades, groups=None):
         if not isinstance(self.cv, (int, np.integer)):
             return check_cv(self.cv, grades, classifier=True)
-        smallest_class = np.bincount(grades).min()
+        if groups is None:
+            smallest_class = np.bincount(grades).min()
+        else:
+            # A group's rows all carry one grade here (copies of one image), so count groups.
+            smallest_class = min(len(np.unique(groups[grades == g])) for g in np.unique(grades))
         if smallest_class < 2:
             raise ValueError(
-                "OrdinalThresholds needs at least 2 rows of every class to choose thresholds "
-                "out of fold; some class has only 1."
+                "OrdinalThresholds needs at least 2 rows (groups) of every class to choose "
+                "thresholds out of fold; some class has only 1."
             )
-        return StratifiedKFold(
-            n_splits=min(self.cv, smallest_class), shuffle=True, random_state=self.random_state
-        )
+        n_splits = min(self.cv, smallest_class)
+        if groups is None:
+            return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
+        return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
 
     def predict_proba(self, X):
         """The base model's class probabilities (columns in classes_ order)."""
