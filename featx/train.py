@@ -21,7 +21,8 @@ __all__ = ["EvalResult", "PredictResult", "TrainResult", "evaluate", "grouped_tr
 METRICS = ("accuracy", "f1_macro", "qwk")
 # The feature-identity keys a model depends on: features that differ in any of them are another space.
 RECIPE_KEYS = ("backbone", "weights_id", "pooling", "image_size", "layer")
-# Each class needs this many source images to train on: the heads' inner 3-fold search needs 3.
+# No head trains on fewer source images per class than this; heads whose nested cross-validation
+# needs more say so (see `images_needed`).
 MIN_TRAIN_IMAGES_PER_CLASS = 3
 # Feature-file attributes beyond the identity keys that predicting from raw images must repeat.
 _EXTRACTION_KEYS = ("preprocessing", "resize", "tta")
@@ -198,18 +199,134 @@ def grouped_train_test_split(y, groups, *, test_size: float = 0.25, seed: int = 
 
 def _check_class_sizes(y, groups, class_names, *, need: int, where: str, folds) -> None:
     """Refuse classes with fewer than `need` source images (classes with none are only logged)."""
-    need_from_folds = int(folds or 0) > MIN_TRAIN_IMAGES_PER_CLASS  # only then do fewer --folds help
-    for index in np.unique(y):
-        images = len(np.unique(groups[y == index]))
-        if images < need:
-            raise FeatxError(
-                f"class '{class_names[index]}' has only {images} labelled image(s) {where}; "
-                f"need at least {need}: {_more_images_remedy(need_from_folds)}"
-            )
+    need_from_folds = need > _fewest_images_needed(None) + 1  # only then do fewer --folds help
+    index, images = _smallest_class(y, groups)
+    if images < need:
+        raise FeatxError(
+            f"class '{class_names[index]}' has only {images} labelled image(s) {where}; "
+            f"need at least {need}: {_more_images_remedy(need_from_folds and folds)}"
+        )
+
+
+def _smallest_class(y, groups) -> tuple[int, int]:
+    """(class index, source images) of the labelled class with the fewest source images."""
+    counts = {int(index): len(np.unique(groups[y == index])) for index in np.unique(y)}
+    index = min(counts, key=counts.get)
+    return index, counts[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# how many images per class a head needs
+
+
+def _nested_splits(estimator) -> list[tuple[int, str]]:
+    """The stratified k-fold splits nested in an unfitted head, outermost first: (k, what it is for).
+
+    Read from the estimator itself (its searches', calibration's and thresholds' cv), so the
+    minimum follows the heads' real settings. Of parallel parts (pipeline steps) the deepest counts.
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection._search import BaseSearchCV
+    from sklearn.pipeline import Pipeline
+
+    from featx.heads import FoldEnsemble, OrdinalThresholds
+
+    if isinstance(estimator, FoldEnsemble):
+        return [(int(estimator.n_splits), "--folds ensemble"), *_nested_splits(estimator.estimator)]
+    wrappers = {BaseSearchCV: "search", CalibratedClassifierCV: "calibration", OrdinalThresholds: "thresholds"}
+    for kind, purpose in wrappers.items():
+        if isinstance(estimator, kind):
+            inner = [] if estimator.estimator is None else _nested_splits(estimator.estimator)
+            return [(_n_splits(estimator.cv), purpose), *inner]
+    if isinstance(estimator, Pipeline):
+        return max((_nested_splits(step) for _, step in estimator.steps), key=len, default=[])
+    return []
+
+
+def _n_splits(cv) -> int:
+    if cv is None:
+        return 5  # scikit-learn's default
+    return int(cv) if isinstance(cv, (int, np.integer)) else int(cv.get_n_splits())
+
+
+def _images_for_splits(splits: Sequence[int]) -> int:
+    """Fewest images per class so that every nested stratified split is possible and stratified.
+
+    A k-fold split needs k images of a class (one in each validation fold). Its training side
+    keeps n - ceil(n/k) of n, which must still be enough for the split inside it.
+    """
+    need = 1
+    for k in reversed(splits):
+        n = max(k, need)
+        while n - math.ceil(n / k) < need:
+            n += 1
+        need = n
+    return need
+
+
+def images_needed(name: str, folds: int | None = None) -> tuple[int, str]:
+    """Fewest source images per class that head `name` (with `folds`) trains on, and why in words."""
+    head = _build_head(name, metric="accuracy", n_classes=2, class_weight=None, jobs=1, seed=0, folds=folds,
+                       grouped_cv=False)
+    splits = _nested_splits(head)
+    need = max(MIN_TRAIN_IMAGES_PER_CLASS, _images_for_splits([k for k, _ in splits]))
+    why = " > ".join(f"{k}-fold {purpose}" for k, purpose in splits) or "no inner cross-validation"
+    return need, why
+
+
+def _fewest_images_needed(folds) -> int:
+    from featx.heads import HEAD_NAMES
+
+    return min(images_needed(name, folds)[0] for name in HEAD_NAMES)
+
+
+def _trainable_heads(names, split: "_Split", *, folds, skip_unfit: bool, log) -> list[str]:
+    """The heads the training rows have enough images per class for, checked before any fitting.
+
+    A head asked for by name that cannot train is an error; with `skip_unfit` (--heads all) it is
+    skipped with a note, and only having none left is an error.
+    """
+    index, images = _smallest_class(split.train.y, split.train.groups)
+    needs = {name: images_needed(name, folds) for name in names}
+    fit = [name for name in names if needs[name][0] <= images]
+    unfit = [name for name in names if name not in fit]
+    if unfit and (not skip_unfit or not fit):
+        name = unfit[0] if not skip_unfit else min(unfit, key=lambda n: needs[n][0])
+        need, why = needs[name]
+        raise FeatxError(
+            f"head '{name}' needs at least {need} images per class to train on ({why}), but class "
+            f"'{split.class_names[index]}' has {images}{split.train_images_note}: "
+            f"{_smaller_need_remedy(name, need, images, folds, split.graded)}"
+        )
+    for name in unfit:
+        need, why = needs[name]
+        log(f"skipping {name}: it needs {need} images per class to train on ({why}); "
+            f"class '{split.class_names[index]}' has {images}")
+    return fit
+
+
+def _smaller_need_remedy(name, need, images, folds, graded) -> str:
+    from featx.heads import HEAD_NAMES, is_ordinal_head
+
+    remedies = []
+    if folds and images_needed(name, None)[0] <= images:
+        remedies.append("use fewer --folds (or none)")
+    others = [other for other in HEAD_NAMES if other != name and (graded or not is_ordinal_head(other))
+              and images_needed(other, folds)[0] <= images]
+    if others:
+        remedies.append(f"choose another head ({', '.join(others)})")
+    remedies.append(f"add labelled images to reach {need} per class")
+    return ", or ".join(remedies)
 
 
 # ----------------------------------------------------------------------------------------------
 # heads
+
+
+def _asks_for_all(heads) -> bool:
+    if isinstance(heads, str):
+        heads = [name.strip() for name in heads.split(",") if name.strip()]
+    return list(dict.fromkeys(heads)) == ["all"]
 
 
 def _resolve_heads(heads, graded: bool, log) -> list[str]:
@@ -427,7 +544,8 @@ def train(
     features = Path(features)
     split = _load_split(features, test=test, test_size=float(test_size), ordinal=ordinal, folds=folds, seed=seed,
                         log=log)
-    head_names = _resolve_heads(heads, split.graded, log)
+    head_names = _trainable_heads(_resolve_heads(heads, split.graded, log), split, folds=folds,
+                                  skip_unfit=_asks_for_all(heads), log=log)
     data, held_out, class_names = split.train, split.test, split.class_names
     log(
         f"training {len(head_names)} head(s) on {len(data.y)} rows of {features} ({len(class_names)} "
@@ -473,6 +591,7 @@ class _Split:
     graded: bool
     recipe: dict
     test_label: str  # what was tested on, in words
+    train_images_note: str = ""  # how the training images were counted, for messages
 
 
 def _check_options(*, metric, folds, test, test_size) -> None:
@@ -500,13 +619,16 @@ def _load_split(features: Path, *, test, test_size, ordinal, folds, seed, log) -
     absent = [name for index, name in enumerate(class_names) if index not in present]
     if absent:
         log(f"class(es) {', '.join(absent)} have no labelled rows in {features}; no model will predict them")
-    train_need = max(MIN_TRAIN_IMAGES_PER_CLASS, int(folds or 0))
+    # The least any head needs; each head's own need is checked once the heads are known.
+    train_need = _fewest_images_needed(folds)
+    note = ""
     if test is None:
         _check_class_sizes(data.y, data.groups, class_names, need=train_need + 1,
                            where=f"in {features} ({train_need} to train, 1 to test)", folds=folds)
         train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=test_size, seed=seed)
         data, held_out = _subset(data, train_rows), _subset(data, test_rows)
         test_label = f"{len(np.unique(held_out.groups))} held-out images ({test_size:.0%}, seed {seed})"
+        note = f" after holding out {test_size:.0%} to test (--test-size)"
     else:
         test_label = str(test)
     _check_class_sizes(data.y, data.groups, class_names, need=train_need, where="to train on", folds=folds)
@@ -514,7 +636,7 @@ def _load_split(features: Path, *, test, test_size, ordinal, folds, seed, log) -
     if len(held_out.y) == 0:
         raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled test file")
     return _Split(train=data, test=held_out, class_names=class_names, graded=graded, recipe=recipe,
-                  test_label=test_label)
+                  test_label=test_label, train_images_note=note)
 
 
 def _train_head(name, split: _Split, *, metric, class_weight, jobs, seed, folds, bootstrap):

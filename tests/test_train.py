@@ -181,18 +181,64 @@ def test_train_refuses_too_few_images_per_class(tmp_path):
     assert "--folds" not in str(refused.value)  # no --folds was given, so fewer cannot help
 
 
-@pytest.mark.filterwarnings("ignore")  # sklearn warns about every failed fit before giving up
-def test_a_head_that_cannot_train_says_why_in_one_line(tmp_path):
-    # 4 images per class pass the split (3 to train, 1 to test), but the SVM's calibration inside
-    # its search needs 3 per class within each search fold: every fit fails, with a traceback in the message.
-    rows, labels = separable(4, 3, dim=8)
-    features = write_features(tmp_path / "few.h5", rows, labels, ["a", "b", "c"])
-    with pytest.raises(FeatxError, match="head 'svm' could not be trained") as refused:
-        train(features, heads=["svm"], output=tmp_path / "models", bootstrap=0, log=lambda message: None)
+@pytest.mark.parametrize(("head", "folds", "need"), [("svm", None, 5), ("ordinal", None, 5), ("logreg", 3, 5)])
+def test_a_head_trains_on_its_minimum_images_per_class_and_refuses_one_less(tmp_path, head, folds, need):
+    # Minimums from the nested 3-fold splits: svm's search holds a 3-fold calibration, ordinal's thresholds
+    # a 3-fold search, and --folds 3 puts the ensemble around logreg's search. With one image less, sklearn
+    # used to fail (svm) or score every candidate NaN (ordinal, logreg): both are refused before fitting now.
+    names = ["1", "2", "3"]
+    test = write_features(tmp_path / "test.h5", *separable(2, 3, dim=8), names)
+    enough = write_features(tmp_path / "enough.h5", *separable(need, 3, dim=8), names)
+    result = train(enough, test=test, heads=[head], folds=folds, output=tmp_path / "models", bootstrap=0,
+                   log=lambda message: None)
+    assert result.rows[0]["accuracy"] == 1.0
+    assert result.rows[0]["cv_score"] is None or np.isfinite(result.rows[0]["cv_score"])
+    rows, labels = separable(need, 3, dim=8)
+    keep = ~((labels == 1) & (np.arange(len(labels)) == np.flatnonzero(labels == 1)[0]))  # one image of '2' less
+    short = write_features(tmp_path / "short.h5", rows[keep], labels[keep], names)
+    with pytest.raises(FeatxError) as refused:
+        train(short, test=test, heads=[head], folds=folds, output=tmp_path / "models", log=lambda message: None)
     message = str(refused.value)
-    assert "\n" not in message and "Traceback" not in message
-    assert "3-fold cross-validation" in message  # the cause, from the end of sklearn's report
-    assert "--folds" not in message
+    assert "\n" not in message
+    assert f"head '{head}' needs at least {need} images per class" in message
+    assert f"class '2' has {need - 1}" in message
+    assert "add labelled images" in message and "choose another head (" in message
+    assert ("fewer --folds" in message) == (folds is not None)
+
+
+def test_heads_all_skips_the_heads_a_small_dataset_cannot_train(tmp_path):
+    names = ["0", "1", "2"]
+    test = write_features(tmp_path / "test.h5", *separable(2, 3, dim=8), names)
+    features = write_features(tmp_path / "small.h5", *separable(4, 3, dim=8), names)
+    messages = []
+    result = train(features, test=test, heads="all", output=tmp_path / "models", bootstrap=0, log=messages.append)
+    assert [row["head"] for row in result.rows] == ["logreg", "ridge", "mlp"]
+    for skipped in ("svm", "svm-rbf", "ordinal"):
+        assert any(message.startswith(f"skipping {skipped}: it needs 5 images per class") and "has 4" in message
+                   for message in messages)
+    with pytest.raises(FeatxError, match="head 'svm' needs at least 5 .* class '0' has 4"):
+        train(features, test=test, heads="logreg,svm", output=tmp_path / "models", log=lambda message: None)
+
+
+def test_fold_ensembles_search_augmented_copies_grouped(tmp_path):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rows, labels = separable(12, 3, dim=8)
+    copies = 3
+    paths = [f"{label}/img{i:03d}.png" for i, label in enumerate(labels)]
+    rng = np.random.default_rng(0)
+    features = write_features(
+        tmp_path / "aug.h5", np.repeat(rows, copies, axis=0) + 0.01 * rng.normal(size=(len(rows) * copies, 8)),
+        np.repeat(labels, copies), ["0", "1", "2"], paths=list(np.repeat(paths, copies)),
+        aug=np.tile(np.arange(copies), len(labels)),
+    )
+    result = train(features, heads=["logreg", "ordinal"], folds=3, output=tmp_path / "models", bootstrap=0,
+                   log=lambda message: None)
+    logreg, ordinal = (load_bundle(result.bundles[name]).head for name in ("logreg", "ordinal"))
+    for member in logreg.estimators_:
+        assert isinstance(member.cv, StratifiedGroupKFold)  # the member's own search, grouped
+    for member in ordinal.estimators_:
+        assert isinstance(member.estimator_.cv, StratifiedGroupKFold)  # the search inside the thresholds
 
 
 def test_train_refuses_ordinal_heads_for_named_classes(three_classes, tmp_path):
