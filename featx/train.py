@@ -16,7 +16,10 @@ import numpy as np
 from featx.bundle import Bundle, load_bundle, save_bundle
 from featx.errors import FeatxError
 
-__all__ = ["EvalResult", "PredictResult", "TrainResult", "evaluate", "grouped_train_test_split", "predict", "train"]
+__all__ = [
+    "EvalResult", "PredictResult", "TrainResult", "evaluate", "grouped_train_test_split", "images_needed", "predict",
+    "train",
+]
 
 METRICS = ("accuracy", "f1_macro", "qwk")
 # The feature-identity keys a model depends on: features that differ in any of them are another space.
@@ -197,14 +200,13 @@ def grouped_train_test_split(y, groups, *, test_size: float = 0.25, seed: int = 
     return np.flatnonzero(~in_test), np.flatnonzero(in_test)
 
 
-def _check_class_sizes(y, groups, class_names, *, need: int, where: str, folds) -> None:
+def _check_class_sizes(y, groups, class_names, *, need: int, where: str, fewer_folds_help: bool) -> None:
     """Refuse classes with fewer than `need` source images (classes with none are only logged)."""
-    need_from_folds = need > _fewest_images_needed(None) + 1  # only then do fewer --folds help
     index, images = _smallest_class(y, groups)
     if images < need:
         raise FeatxError(
             f"class '{class_names[index]}' has only {images} labelled image(s) {where}; "
-            f"need at least {need}: {_more_images_remedy(need_from_folds and folds)}"
+            f"need at least {need}: {_more_images_remedy(fewer_folds_help)}"
         )
 
 
@@ -621,17 +623,19 @@ def _load_split(features: Path, *, test, test_size, ordinal, folds, seed, log) -
         log(f"class(es) {', '.join(absent)} have no labelled rows in {features}; no model will predict them")
     # The least any head needs; each head's own need is checked once the heads are known.
     train_need = _fewest_images_needed(folds)
+    fewer_folds_help = train_need > _fewest_images_needed(None)
     note = ""
     if test is None:
         _check_class_sizes(data.y, data.groups, class_names, need=train_need + 1,
-                           where=f"in {features} ({train_need} to train, 1 to test)", folds=folds)
+                           where=f"in {features} ({train_need} to train, 1 to test)", fewer_folds_help=fewer_folds_help)
         train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=test_size, seed=seed)
         data, held_out = _subset(data, train_rows), _subset(data, test_rows)
         test_label = f"{len(np.unique(held_out.groups))} held-out images ({test_size:.0%}, seed {seed})"
         note = f" after holding out {test_size:.0%} to test (--test-size)"
     else:
         test_label = str(test)
-    _check_class_sizes(data.y, data.groups, class_names, need=train_need, where="to train on", folds=folds)
+    _check_class_sizes(data.y, data.groups, class_names, need=train_need, where="to train on",
+                       fewer_folds_help=fewer_folds_help)
     held_out = _originals(held_out)
     if len(held_out.y) == 0:
         raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled test file")

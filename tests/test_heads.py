@@ -159,7 +159,7 @@ SPY_SPLITS = []
 
 
 class _SplitSpy(ClassifierMixin, BaseEstimator):
-    """Uniform probabilities; logs, at each predict_proba, the row ids (column 0) it was fitted on and is asked about."""
+    """Uniform probabilities; each predict_proba logs the row ids (column 0) fitted on and asked about."""
 
     def __init__(self, C=1.0):
         self.C = C
