@@ -318,7 +318,6 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
     """
     from featx import backbones as registry
     from featx import images
-    from featx.store import HDF5DatasetWriter
 
     root = Path(dataset)
     if not root.is_dir():
@@ -363,17 +362,16 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
         # Augmented copies only help a head learn; stage 2 scores original images only.
         split_augment = augment if split in (None, "train") else 0
         processed += _extract_split(
-            ds, split, models, outputs, root=root, batch_size=batch_size, buffer_size=buffer_size,
+            ds, split, models, outputs, batch_size=batch_size, buffer_size=buffer_size,
             dtype=dtype, augment=split_augment, tta=tta, crop=crop, seed=seed, workers=workers,
             overwrite=overwrite, progress=progress, timer=timer, summaries=summaries, echo=echo,
-            writer_cls=HDF5DatasetWriter,
         )
     timings = dict(timer.t, workers=workers)
     return ExtractResult(files=summaries, seconds=time.perf_counter() - t_start,
                          images_processed=processed, timings=timings)
 
 
-def _attrs_for(model, *, ds, root, split, augment, tta, crop, seed):
+def _attrs_for(model, *, ds, split, augment, tta, crop, seed):
     attrs = dict(model.recipe())
     attrs.update(
         tta=tta or "",
@@ -386,20 +384,21 @@ def _attrs_for(model, *, ds, root, split, augment, tta, crop, seed):
     return attrs
 
 
-def _extract_split(ds, split, models, outputs, *, root, batch_size, buffer_size, dtype, augment, tta,
-                   crop, seed, workers, overwrite, progress, timer, summaries, echo, writer_cls) -> int:
+def _extract_split(ds, split, models, outputs, *, batch_size, buffer_size, dtype, augment, tta,
+                   crop, seed, workers, overwrite, progress, timer, summaries, echo) -> int:
     from tqdm import tqdm
+
+    from featx.store import HDF5DatasetWriter, parts_dir
 
     writers = []
     try:
         for model in models:
             out = outputs[(split, model.name)]
             out.parent.mkdir(parents=True, exist_ok=True)
-            exists = out.exists() or Path(str(out) + ".parts").exists()
+            exists = out.exists() or Path(parts_dir(out)).exists()
             mode = "w" if overwrite else ("a" if exists else "w-")
-            attrs = _attrs_for(model, ds=ds, root=root, split=split, augment=augment, tta=tta, crop=crop,
-                               seed=seed)
-            w = writer_cls((len(ds), model.feature_dim), str(out), dataKey="features", bufSize=buffer_size,
+            attrs = _attrs_for(model, ds=ds, split=split, augment=augment, tta=tta, crop=crop, seed=seed)
+            w = HDF5DatasetWriter((len(ds), model.feature_dim), str(out), dataKey="features", bufSize=buffer_size,
                            mode=mode, attrs=attrs, dtype=dtype)
             writers.append(w)
             w.storeClassLabels(list(ds.label_names))
@@ -440,7 +439,7 @@ def _extract_split(ds, split, models, outputs, *, root, batch_size, buffer_size,
                 _discard(out)
                 first = f"; first problem: {skips[0][0]}: {skips[0][1]}" if skips else ""
                 raise FeatxError(f"no image in {ds.root} could be decoded ({len(items)} tried){first}")
-            if not items and not Path(str(out) + ".parts").exists():
+            if not items and not Path(parts_dir(out)).exists():
                 w.abort()  # already complete: nothing to assemble, leave the file untouched
             else:
                 w.close(complete=True)
@@ -481,7 +480,9 @@ def _write_group(writer, decoded, rows_by_path, need):
 def _discard(out: Path):
     import shutil
 
-    for p in (out, Path(str(out) + ".parts")):
+    from featx.store import parts_dir
+
+    for p in (out, Path(parts_dir(out))):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif p.exists():

@@ -125,19 +125,20 @@ def _write_hdf5_atomically(final_path: str, tmp_path: str, fill) -> None:
             os.remove(tmp_path)
 
 
-def _parts_dir(path: str) -> str:
-    return path + ".parts"
+def parts_dir(path) -> str:
+    """Where the shards of an extraction into `path` live until the final file is assembled."""
+    return str(path) + ".parts"
 
 
-def _list_shards(parts_dir: str) -> list[tuple[int, str]]:
+def _list_shards(folder: str) -> list[tuple[int, str]]:
     """(index, path) of every complete shard, in write order."""
-    if not os.path.isdir(parts_dir):
+    if not os.path.isdir(folder):
         return []
     shards = []
-    for name in os.listdir(parts_dir):
+    for name in os.listdir(folder):
         match = _SHARD_NAME.match(name)
         if match:
-            shards.append((int(match.group(1)), os.path.join(parts_dir, name)))
+            shards.append((int(match.group(1)), os.path.join(folder, name)))
     return sorted(shards)
 
 
@@ -148,11 +149,11 @@ def _remove_temp_leftovers(path: str) -> None:
     for name in os.listdir(directory):
         if name.startswith(prefix):
             os.remove(os.path.join(directory, name))
-    parts_dir = _parts_dir(path)
-    if os.path.isdir(parts_dir):
-        for name in os.listdir(parts_dir):
+    parts = parts_dir(path)
+    if os.path.isdir(parts):
+        for name in os.listdir(parts):
             if not _SHARD_NAME.match(name):
-                os.remove(os.path.join(parts_dir, name))
+                os.remove(os.path.join(parts, name))
 
 
 def _identity_differences(old: dict, new: dict, keys: Iterable[str]) -> list[str]:
@@ -344,7 +345,7 @@ class HDF5DatasetWriter:
         if self.dataKey in ("labels", "label_names", "paths", "aug", "skipped"):
             raise ValueError(f"dataKey {self.dataKey!r} clashes with a dataset the format uses")
 
-        self._parts = _parts_dir(self.outputPath)
+        self._parts = parts_dir(self.outputPath)
         self._attrs: dict = {}
         self._label_names: list[str] = []
         self._created = _now_iso()
@@ -794,7 +795,7 @@ class FeatureStore:
 
     @staticmethod
     def _missing_message(path: str) -> str:
-        shards = _list_shards(_parts_dir(path))
+        shards = _list_shards(parts_dir(path))
         if shards:
             rows = _rows_in_shards(shards)
             return (f"{path} is incomplete: the extraction stopped after {rows} rows; "
@@ -901,14 +902,14 @@ def check_compatible(stores_or_recipes) -> None:
 def describe(path, max_skipped: int = 5) -> str:
     """A readable summary of a feature file (or of an unfinished extraction) for ``featx info``."""
     path = os.fspath(path)
-    shards = _list_shards(_parts_dir(path))
+    shards = _list_shards(parts_dir(path))
     if not os.path.exists(path) and shards:
         return _describe_in_progress(path, shards, max_skipped)
     with FeatureStore(path) as store:
         lines = _describe_store(store, max_skipped)
         pending = _rows_in_shards(shards, store.attrs.get("parts_generation"))
     if pending:
-        lines.append(f"in progress: {pending} more rows waiting in {_parts_dir(path)} "
+        lines.append(f"in progress: {pending} more rows waiting in {parts_dir(path)} "
                      "(rerun the same `featx extract` command to add them)")
     return "\n".join(lines)
 
@@ -942,7 +943,7 @@ def _describe_in_progress(path: str, shards, max_skipped: int) -> str:
             names = shard.label_names() or names
             dim, dtype = shard.dim, shard.features.dtype
     lines = [
-        f"{path}: INCOMPLETE extraction in progress ({len(shards)} shards in {_parts_dir(path)}); "
+        f"{path}: INCOMPLETE extraction in progress ({len(shards)} shards in {parts_dir(path)}); "
         "rerun the same `featx extract` command to finish it",
         f"rows so far: {rows}",
         f"feature dim: {dim} ({dtype})",
