@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-from featx import __version__
+from featx import __version__  # featx/__init__ also quiets TensorFlow's C++ logging
 from featx.errors import FeatxError
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _cmd_info(args):

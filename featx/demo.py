@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -77,11 +76,8 @@ def run_demo(workdir=".", *, backbone="efficientnet_lite0", weights="auto", imag
     csv_path = work / "predictions.csv"
     echo(f"[4/4] predicting the held-out images with {bundle} into {csv_path}")
     predicted = predict(bundle, [data / "test"], output=csv_path, log=echo)
-    correct = total = 0
-    with open(predicted.output, newline="") as fh:
-        for row in csv.DictReader(fh):
-            total += 1
-            correct += Path(row["path"]).parent.name == row["predicted"]
+    total = len(predicted.rows)
+    correct = sum(Path(row["path"]).parent.name == row["predicted"] for row in predicted.rows)
     accuracy = correct / total if total else 0.0
     echo(f"      predictions: {predicted.output} ({total} images); accuracy against the folder names: "
          f"{accuracy:.3f} ({correct}/{total})")
