@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from featx import backbones as registry
+from featx import images
 from featx.errors import FeatxError
+from featx.store import FeatureStore, HDF5DatasetWriter, parts_dir
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_FEATURES_DIR = "features"
 
@@ -110,8 +116,6 @@ def _image_rng(seed: int, path: str) -> np.random.Generator:
 
 def _decode(item: _Item, sizes, *, augment: int, tta: str | None, crop: bool, seed: int):
     """Decode one image into {size: uint8 array (copies, s, s, 3)}; copies = 1 + augment (x2 with TTA)."""
-    from featx import images
-
     t0 = time.perf_counter()
     image, reason = images.try_load_image(item.file)
     if image is None:
@@ -153,21 +157,17 @@ def _decoded_stream(items, sizes, *, workers, prefetch, **options):
 
 
 # ----------------------------------------------------------------------------------------------
-# inference on fixed-shape batches
+# inference
 
 
 def _run_backbone(backbone, batch_uint8: np.ndarray, batch_size: int) -> np.ndarray:
-    """Features for any number of images, always calling the model on `batch_size` rows (no retrace)."""
-    n = len(batch_uint8)
-    out = []
-    for start in range(0, n, batch_size):
-        chunk = batch_uint8[start : start + batch_size]
-        m = len(chunk)
-        if m < batch_size:
-            pad = np.zeros((batch_size - m,) + chunk.shape[1:], dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        feats = np.asarray(backbone(backbone.preprocess(chunk)), dtype=np.float32)
-        out.append(feats[:m])
+    """Features for any number of images, at most `batch_size` per call.
+
+    A last, smaller batch is run as it is: the model is traced for any batch size, so padding
+    it would only spend inference on zeros.
+    """
+    out = [np.asarray(backbone(backbone.preprocess(batch_uint8[start:start + batch_size])), dtype=np.float32)
+           for start in range(0, len(batch_uint8), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, backbone.feature_dim), np.float32)
 
 
@@ -197,22 +197,37 @@ class _Timer:
         self.t[key] += seconds
 
 
-def _stream_features(items, backbones, *, needs, batch_size, workers, augment, tta, crop, seed,
-                     timer: _Timer, progress=None):
+@dataclass(frozen=True)
+class _Feeding:
+    """How images are decoded and fed to the backbones."""
+
+    batch_size: int = 32
+    workers: int = 1  # decoding threads; 0 decodes in the main thread
+    augment: int = 0  # augmented copies per image
+    tta: str | None = None
+    crop: bool = False
+    seed: int = 0
+
+    @property
+    def prefetch(self) -> int:
+        """Images decoded ahead of inference: enough to keep inference busy, bounded for memory."""
+        return max(2 * self.batch_size, 4 * max(self.workers, 1))
+
+
+def _stream_features(items, backbones, needs, feeding: _Feeding, timer: _Timer, progress=None):
     """Yield ([(item, arrays or None, reason or None)], {backbone_index: {path: rows}}) batch by batch.
 
     needs[b] is the set of item paths backbone b still has to process (resume), or None for all.
     """
     sizes = sorted({b.input_size for b in backbones})
-    prefetch = max(2 * batch_size, 4 * max(workers, 1))
-    stream = _decoded_stream(items, sizes, workers=workers, prefetch=prefetch,
-                             augment=augment, tta=tta, crop=crop, seed=seed)
+    stream = _decoded_stream(items, sizes, workers=feeding.workers, prefetch=feeding.prefetch,
+                             augment=feeding.augment, tta=feeding.tta, crop=feeding.crop, seed=feeding.seed)
     while True:
         group = []
         t0 = time.perf_counter()
         for entry in stream:
             group.append(entry)
-            if len(group) >= batch_size:
+            if len(group) >= feeding.batch_size:
                 break
         timer.add("wait", time.perf_counter() - t0)
         if not group:
@@ -225,8 +240,8 @@ def _stream_features(items, backbones, *, needs, batch_size, workers, augment, t
         for b_index, backbone in enumerate(backbones):
             want = [(item, arrays) for item, arrays, _ in decoded
                     if arrays is not None and (needs[b_index] is None or item.path in needs[b_index])]
-            rows = _features_for_group(backbone, [a for _, a in want], tta=tta, batch_size=batch_size) \
-                if want else []
+            rows = _features_for_group(backbone, [a for _, a in want], tta=feeding.tta,
+                                       batch_size=feeding.batch_size) if want else []
             results[b_index] = dict(zip((item.path for item, _ in want), rows))
         timer.add("inference", time.perf_counter() - t0)
         if progress is not None:
@@ -239,17 +254,14 @@ def _stream_features(items, backbones, *, needs, batch_size, workers, augment, t
 
 
 def features_for_files(files, backbone, *, tta=None, crop=False, batch_size=32, workers=None):
-    """Decode and extract a list of image files in memory (used by `featx predict`).
+    """Decode and extract a list of image files in memory (what `featx predict` runs).
 
     Returns (features (n, D) float32, kept paths, [(path, reason)] skipped).
     """
     items = [_Item(path=str(f), file=Path(f), label=-1) for f in files]
-    timer = _Timer()
+    feeding = _Feeding(batch_size=batch_size, workers=_workers(workers), tta=tta, crop=crop)
     feats, kept, skipped = [], [], []
-    for decoded, results in _stream_features(
-        items, [backbone], needs=[None], batch_size=batch_size, workers=_workers(workers),
-        augment=0, tta=tta, crop=crop, seed=0, timer=timer,
-    ):
+    for decoded, results in _stream_features(items, [backbone], [None], feeding, _Timer()):
         for item, arrays, reason in decoded:
             if arrays is None:
                 skipped.append((item.path, reason))
@@ -293,10 +305,6 @@ def _output_paths(root: Path, output, splits, backbone_names):
 
 def _list_splits(split_roots, seed) -> dict:
     """List every split once and give them one shared, ordered class list (a class may be absent from a split)."""
-    from dataclasses import replace
-
-    from featx import images
-
     listed = {split: images.list_dataset(path, seed=seed) for split, path in split_roots.items()}
     names = images.sort_class_names(set().union(*(ds.label_names for ds in listed.values())))
     shared = {}
@@ -307,156 +315,160 @@ def _list_splits(split_roots, seed) -> dict:
     return shared
 
 
-def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
-            image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
-            tta=None, crop=False, seed=0, workers=None, overwrite=False, progress=True,
-            echo=print) -> ExtractResult:
-    """Extract features of every image under `dataset` into HDF5 feature files; resumable.
-
-    backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
-    A dataset with train/val/test folders gives one file per split with one shared class list.
-    """
-    from featx import backbones as registry
-    from featx import images
-
-    root = Path(dataset)
-    if not root.is_dir():
-        raise FeatxError(f"dataset folder not found: {root}")
+def _backbone_names(backbone) -> list[str]:
     names = [b.strip() for b in (backbone.split(",") if isinstance(backbone, str) else backbone) if b.strip()]
     if not names:
         raise FeatxError("no backbone given")
     if len(set(names)) != len(names):
         raise FeatxError(f"backbone listed twice: {','.join(names)}")
+    return names
+
+
+def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
+            image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
+            tta=None, crop=False, seed=0, workers=None, overwrite=False, progress=True,
+            log: Callable[[str], object] = print) -> ExtractResult:
+    """Extract features of every image under `dataset` into HDF5 feature files; resumable.
+
+    backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
+    A dataset with train/val/test folders gives one file per split with one shared class list.
+    Rerunning continues an interrupted extraction; a run whose recipe differs from the existing
+    file's (any key, e.g. --crop or --augment) is refused unless `overwrite`.
+    """
+    root = Path(dataset)
+    if not root.is_dir():
+        what = "is a file, not a folder of images" if root.exists() else "not found"
+        raise FeatxError(f"dataset folder {root} {what}; pass a folder of class folders")
+    names = _backbone_names(backbone)
     if tta not in (None, "", "none", "flip"):
         raise FeatxError(f"unknown --tta {tta!r}: use 'flip'")
-    tta = "flip" if tta == "flip" else None
     if augment < 0:
-        raise FeatxError("--augment must be 0 or more")
+        raise FeatxError(f"--augment must be 0 or more, got {augment}")
     if batch_size < 1 or buffer_size < 1:
-        raise FeatxError("--batch-size and --buffer-size must be at least 1")
+        raise FeatxError(f"--batch-size and --buffer-size must be at least 1, got {batch_size} and {buffer_size}")
     if dtype not in ("float32", "float16"):
         raise FeatxError(f"unknown --dtype {dtype!r}: use float32 or float16")
-    workers = _workers(workers)
+    feeding = _Feeding(batch_size=batch_size, workers=_workers(workers), tta="flip" if tta == "flip" else None,
+                       crop=bool(crop), seed=int(seed))
 
     split_roots = images.find_splits(root)
-    if split_roots:
-        splits = _list_splits(split_roots, seed)
-    else:
-        splits = {None: images.list_dataset(root, seed=seed)}
-
+    splits = _list_splits(split_roots, seed) if split_roots else {None: images.list_dataset(root, seed=seed)}
     outputs = _output_paths(root, output, list(splits), names)
     models = []
     for name in names:
-        echo(f"loading backbone {name} (weights: {weights})")
-        models.append(registry.get_backbone(name, weights=weights, pooling=pooling,
-                                            image_size=image_size, layer=layer))
+        log(f"loading backbone {name} (weights: {weights})")
+        models.append(registry.get_backbone(name, weights=weights, pooling=pooling, image_size=image_size,
+                                            layer=layer))
 
-    timer = _Timer()
-    summaries = []
-    processed = 0
+    run = _Extraction(models, outputs, feeding, buffer_size=buffer_size, dtype=dtype, overwrite=overwrite,
+                      progress=progress, log=log)
     t_start = time.perf_counter()
     if augment and split_roots:
-        echo(f"augmenting the train split only ({augment} copies per image): "
-             "validation and test images are scored as they are")
+        log(f"augmenting the train split only ({augment} copies per image): "
+            "validation and test images are scored as they are")
+    processed = 0
     for split, ds in splits.items():
         # Augmented copies only help a head learn; stage 2 scores original images only.
-        split_augment = augment if split in (None, "train") else 0
-        processed += _extract_split(
-            ds, split, models, outputs, batch_size=batch_size, buffer_size=buffer_size,
-            dtype=dtype, augment=split_augment, tta=tta, crop=crop, seed=seed, workers=workers,
-            overwrite=overwrite, progress=progress, timer=timer, summaries=summaries, echo=echo,
+        processed += run.split(ds, split, augment=augment if split in (None, "train") else 0)
+    return ExtractResult(files=run.summaries, seconds=time.perf_counter() - t_start,
+                         images_processed=processed, timings=dict(run.timer.t, workers=feeding.workers))
+
+
+class _Extraction:
+    """One `extract` call: the backbones, where each (split, backbone) goes, and what was written."""
+
+    def __init__(self, models, outputs, feeding: _Feeding, *, buffer_size, dtype, overwrite, progress, log):
+        self.models = models
+        self.outputs = outputs
+        self.feeding = feeding
+        self.buffer_size = buffer_size
+        self.dtype = dtype
+        self.overwrite = overwrite
+        self.progress = progress
+        self.log = log
+        self.timer = _Timer()
+        self.summaries: list[FileSummary] = []
+
+    def split(self, ds, split, *, augment: int) -> int:
+        """Extract one split into one file per backbone; returns the images processed."""
+        feeding = replace(self.feeding, augment=augment)
+        writers = []
+        try:
+            for model in self.models:
+                writers.append(self._open_writer(model, ds, split, feeding))
+            needs = [{p for p in ds.paths if p not in w.done_paths} for w in writers]
+            todo = set().union(*needs)
+            items = [_Item(path=p, file=Path(ds.root) / p, label=int(label))
+                     for p, label in zip(ds.paths, ds.labels) if p in todo]
+            if len(items) < len(ds):
+                what = f"{split} split" if split else "dataset"
+                self.log(f"resuming {what}: {len(ds) - len(items)} of {len(ds)} images already done")
+            rows_before = [w.rows_written for w in writers]
+            skips = self._run(items, writers, needs, feeding, desc=f"extract {split or ds.root.name}")
+            t0 = time.perf_counter()
+            for model, writer, before in zip(self.models, writers, rows_before):
+                self._finish(writer, self.outputs[(split, model.name)], ds, split, model, before, items, skips)
+            writers = []
+            self.timer.add("write", time.perf_counter() - t0)
+            return len(items)
+        except BaseException:
+            for writer in writers:
+                try:
+                    writer.abort()
+                except Exception:  # keep the original error; abort already flushed what it could
+                    logger.exception("could not save the last buffer")
+            raise
+
+    def _open_writer(self, model, ds, split, feeding: _Feeding) -> HDF5DatasetWriter:
+        out = self.outputs[(split, model.name)]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        exists = out.exists() or Path(parts_dir(out)).exists()
+        recipe = model.recipe(resize="crop" if feeding.crop else "stretch", tta=feeding.tta or "",
+                              augment=feeding.augment, seed=feeding.seed)
+        writer = HDF5DatasetWriter(
+            (len(ds), model.feature_dim), out, buffer_size=self.buffer_size, dtype=self.dtype, recipe=recipe,
+            mode="w" if self.overwrite else ("a" if exists else "w-"),
+            attrs={"dataset_root": str(Path(ds.root).resolve()), "split": split or ""},
         )
-    timings = dict(timer.t, workers=workers)
-    return ExtractResult(files=summaries, seconds=time.perf_counter() - t_start,
-                         images_processed=processed, timings=timings)
+        try:
+            writer.store_class_labels(list(ds.label_names))
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
 
-
-def _attrs_for(model, *, ds, split, augment, tta, crop, seed):
-    attrs = dict(model.recipe())
-    attrs.update(
-        tta=tta or "",
-        augment=int(augment),
-        resize="crop" if crop else "stretch",
-        dataset_root=str(Path(ds.root).resolve()),
-        split=split or "",
-        seed=int(seed),
-    )
-    return attrs
-
-
-def _extract_split(ds, split, models, outputs, *, batch_size, buffer_size, dtype, augment, tta,
-                   crop, seed, workers, overwrite, progress, timer, summaries, echo) -> int:
-    from tqdm import tqdm
-
-    from featx.store import HDF5DatasetWriter, parts_dir
-
-    writers = []
-    try:
-        for model in models:
-            out = outputs[(split, model.name)]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            exists = out.exists() or Path(parts_dir(out)).exists()
-            mode = "w" if overwrite else ("a" if exists else "w-")
-            attrs = _attrs_for(model, ds=ds, split=split, augment=augment, tta=tta, crop=crop, seed=seed)
-            w = HDF5DatasetWriter((len(ds), model.feature_dim), str(out), dataKey="features", bufSize=buffer_size,
-                           mode=mode, attrs=attrs, dtype=dtype)
-            writers.append(w)
-            w.storeClassLabels(list(ds.label_names))
-
-        needs = []
-        for w in writers:
-            done = w.done_paths
-            needs.append({p for p in ds.paths if p not in done})
-        todo_paths = set().union(*needs)
-        items = [_Item(path=p, file=Path(ds.root) / p, label=int(lbl))
-                 for p, lbl in zip(ds.paths, ds.labels) if p in todo_paths]
-        what = f"{split} split" if split else "dataset"
-        if len(items) < len(ds):
-            echo(f"resuming {what}: {len(ds) - len(items)} of {len(ds)} images already done")
-        bar = tqdm(total=len(items), unit="img", desc=f"extract {split or ds.root.name}",
-                   disable=not progress or not items, dynamic_ncols=True)
-        rows_before = [w.rows_written for w in writers]
+    def _run(self, items, writers, needs, feeding: _Feeding, desc: str) -> list[tuple[str, str]]:
+        """Decode, infer and buffer every item; returns the (path, reason) of those skipped."""
+        bar = tqdm(total=len(items), unit="img", desc=desc, disable=not self.progress or not items,
+                   dynamic_ncols=True)
         skips = []
         try:
-            for decoded, results in _stream_features(
-                items, models, needs=needs, batch_size=batch_size, workers=workers, augment=augment,
-                tta=tta, crop=crop, seed=seed, timer=timer, progress=bar,
-            ):
+            for decoded, results in _stream_features(items, self.models, needs, feeding, self.timer, bar):
                 t0 = time.perf_counter()
                 skips += [(item.path, reason) for item, arrays, reason in decoded if arrays is None]
-                for b, w in enumerate(writers):
-                    _write_group(w, decoded, results[b], needs[b])
-                timer.add("write", time.perf_counter() - t0)
+                for b, writer in enumerate(writers):
+                    _write_group(writer, decoded, results[b], needs[b])
+                self.timer.add("write", time.perf_counter() - t0)
         finally:
             bar.close()
+        return skips
 
-        t0 = time.perf_counter()
-        for model, w, before in zip(models, writers, rows_before):
-            out = outputs[(split, model.name)]
-            w.flush()
-            if w.rows_written == 0:
-                w.abort()
-                _discard(out)
-                first = f"; first problem: {skips[0][0]}: {skips[0][1]}" if skips else ""
-                raise FeatxError(f"no image in {ds.root} could be decoded ({len(items)} tried){first}")
-            if not items and not Path(parts_dir(out)).exists():
-                w.abort()  # already complete: nothing to assemble, leave the file untouched
-            else:
-                w.close(complete=True)
-            rows, skipped = _rows_and_skips(out)
-            summaries.append(FileSummary(output=out, backbone=model.name, split=split, rows=rows,
-                                         rows_new=rows - before, images=len(ds), skipped=skipped,
-                                         resumed=before > 0))
-        timer.add("write", time.perf_counter() - t0)
-        writers = []
-        return len(items)
-    except BaseException:
-        for w in writers:
-            try:
-                w.abort()
-            except Exception:  # keep the original error; abort already flushed what it could
-                log.exception("could not save the last buffer")
-        raise
+    def _finish(self, writer, out: Path, ds, split, model, rows_before: int, items, skips) -> None:
+        writer.flush()
+        if writer.rows_written == 0:
+            writer.abort()
+            _discard(out)
+            first = f"; first problem: {skips[0][0]}: {skips[0][1]}" if skips else ""
+            raise FeatxError(f"no image in {ds.root} could be decoded ({len(items)} tried){first}")
+        if not items and not Path(parts_dir(out)).exists():
+            writer.abort()  # already complete: nothing to assemble, leave the file untouched
+        else:
+            writer.close(complete=True)
+        with FeatureStore(out) as written:
+            rows, skipped = len(written), list(written.skipped)
+        self.summaries.append(FileSummary(output=out, backbone=model.name, split=split, rows=rows,
+                                          rows_new=rows - rows_before, images=len(ds), skipped=skipped,
+                                          resumed=rows_before > 0))
 
 
 def _write_group(writer, decoded, rows_by_path, need):
@@ -478,19 +490,8 @@ def _write_group(writer, decoded, rows_by_path, need):
 
 
 def _discard(out: Path):
-    import shutil
-
-    from featx.store import parts_dir
-
     for p in (out, Path(parts_dir(out))):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif p.exists():
             p.unlink()
-
-
-def _rows_and_skips(out: Path):
-    from featx.store import FeatureStore
-
-    with FeatureStore(out) as fs:
-        return len(fs), list(fs.skipped)

@@ -19,7 +19,7 @@ from featx import runner as extract_mod
 from featx.backbones import get_backbone
 from featx.runner import extract, features_for_files
 from featx.images import load_image, resize, tta_flip
-from featx.store import FeatureStore
+from featx.store import FeatureStore, HDF5DatasetWriter
 
 SIZE = 48  # small inputs keep random-weight backbones fast; the plumbing is the same at 224
 BACKBONE = "efficientnet_lite0"
@@ -50,7 +50,7 @@ def run(dataset, output, **kw):
     kw.setdefault("weights", "none")
     kw.setdefault("image_size", SIZE)
     kw.setdefault("progress", False)
-    kw.setdefault("echo", lambda *a: None)
+    kw.setdefault("log", lambda *a: None)
     return extract(dataset, output, **kw)
 
 
@@ -240,6 +240,42 @@ def test_rerun_different_backbone_refused(tmp_path):
         assert fs.attrs["pooling"] == "max"
 
 
+@pytest.mark.parametrize("change", [dict(crop=True), dict(augment=1), dict(seed=1), dict(tta="flip"),
+                                    dict(image_size=64), dict(pooling="max"), dict(layer="block6a_expand_activation")])
+def test_rerun_or_resume_with_another_recipe_is_refused(tmp_path, change):
+    """Every recipe key: a complete file and an interrupted run both refuse, naming key and values."""
+    data = make_dataset(tmp_path / "r", n=3)
+    complete, interrupted = tmp_path / "done.h5", tmp_path / "half.h5"
+    run(data, complete)
+    with HDF5DatasetWriter(1280, interrupted, recipe=FeatureStore(complete).recipe) as w:  # shards, no file
+        w.add(np.zeros((1, 1280)), [0], paths=["ants/img 000.png"])
+        w.abort()
+    key, value = next(iter(change.items()))
+    key = {"crop": "resize"}.get(key, key)
+    for out in (complete, interrupted):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        with pytest.raises(FeatxError, match=rf"another recipe.*{key}: .* vs .*--overwrite") as err:
+            run(data, out, **change)
+        assert "\n" not in str(err.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    with FeatureStore(complete) as fs:
+        assert len(fs) == 6 and fs.recipe.resize == "stretch" and fs.recipe.augment == 0
+
+
+def test_two_backbones_with_different_input_sizes_in_one_run(tmp_path):
+    data = make_dataset(tmp_path / "sizes", n=2)
+    result = run(data, tmp_path / "s.h5", backbone="efficientnet_lite0,efficientnet_lite1", image_size=None)
+    assert result.images_processed == 4  # each image decoded once, resized once per input size
+    for summary in result.files:
+        backbone = get_backbone(summary.backbone, weights="none")
+        with FeatureStore(summary.output) as fs:
+            assert fs.recipe.image_size == backbone.input_size
+            np.testing.assert_allclose(fs.features[:], direct_features(backbone, [data / p for p in fs.paths]),
+                                       atol=1e-5, rtol=1e-5)
+    assert {f.backbone: FeatureStore(f.output).recipe.image_size for f in result.files} == {
+        "efficientnet_lite0": 224, "efficientnet_lite1": 240}
+
+
 def test_rerun_of_complete_file_is_a_no_op(tmp_path):
     data = make_dataset(tmp_path / "done", n=3)
     out = tmp_path / "done.h5"
@@ -286,39 +322,51 @@ def _assert_same_content(a, b):
 
 
 KILL_SCRIPT = """
-import sys
-from featx.runner import extract
-extract(sys.argv[1], sys.argv[2], backbone="efficientnet_lite0", weights="none", image_size=160,
-        batch_size=2, buffer_size=2, workers=1, progress=False, echo=lambda *a: None)
+import sys, time
+from pathlib import Path
+from featx import runner
+
+real = runner._run_backbone
+parts, ready = Path(sys.argv[2] + ".parts"), Path(sys.argv[3])
+
+def run_then_stall(*args, **kwargs):
+    # Stall mid-run once shards are on disk: the parent kills us here, with rows flushed, a buffer
+    # in memory and images still to do. The run cannot finish before the kill, however slow the machine.
+    if len(list(parts.glob("shard-*.h5"))) >= 3:
+        ready.write_text("ready")
+        time.sleep(3600)
+    return real(*args, **kwargs)
+
+runner._run_backbone = run_then_stall
+runner.extract(sys.argv[1], sys.argv[2], backbone="efficientnet_lite0", weights="none", image_size=160,
+               batch_size=2, buffer_size=2, workers=1, progress=False, log=lambda *a: None)
 """
 
 
-def test_sigkill_at_any_moment_then_rerun_completes(tmp_path):
+def test_sigkill_mid_run_then_rerun_completes(tmp_path):
     data = make_dataset(tmp_path / "kill", n=30)
     out = tmp_path / "kill.h5"
-    parts = Path(str(out) + ".parts")
+    ready = tmp_path / "ready"
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen([sys.executable, str(script), str(data), str(out)], env=env)
+    proc = subprocess.Popen([sys.executable, str(script), str(data), str(out), str(ready)], env=env)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if parts.is_dir() and len(list(parts.glob("*.h5"))) >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the extraction finished before it could be killed"
+        deadline = time.time() + 600  # only a limit for a broken child: it stalls once ready
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert ready.exists() and proc.poll() is None, "the child neither stalled mid-run nor stayed alive"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    assert not out.exists()
+    assert not out.exists() and len(list(Path(f"{out}.parts").glob("shard-*.h5"))) >= 3
 
     kw = dict(image_size=160, batch_size=2, buffer_size=2)
     result = run(data, out, **kw)
-    assert result.files[0].resumed and result.rows == 60
+    assert result.files[0].resumed and result.rows == 60 and 0 < result.rows_new < 60
     reference = tmp_path / "reference.h5"
     run(data, reference, **kw)
     _assert_same_content(out, reference)
@@ -334,7 +382,7 @@ def test_float16_features_and_bad_options(tmp_path, backbone):
         assert fs.features.dtype == np.float16
         expected = direct_features(backbone, [data / p for p in fs.paths])
         np.testing.assert_allclose(fs.features[:].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
-    for bad in (dict(dtype="int8"), dict(tta="rotate"), dict(augment=-1), dict(batch_size=0),
+    for bad in (dict(dtype="int8"), dict(tta="rotate"), dict(augment=-1), dict(batch_size=0), dict(buffer_size=0),
                 dict(backbone="no_such_net")):
         with pytest.raises(FeatxError):
             run(data, tmp_path / "bad.h5", **bad)

