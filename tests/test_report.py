@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from sklearn.metrics import cohen_kappa_score, f1_score
+from sklearn.metrics import cohen_kappa_score, f1_score, precision_recall_fscore_support
 
 from featx.report import (
     accuracy,
@@ -14,6 +14,7 @@ from featx.report import (
     confusion_text,
     f1_macro,
     leaderboard_table,
+    per_class_scores,
     quadratic_weighted_kappa,
     save_confusion_png,
 )
@@ -41,6 +42,14 @@ def test_fast_metrics_match_sklearn():
     assert f1_macro([0, 0, 1], [0, 0, 1], labels=[0, 1, 2]) == pytest.approx(
         f1_score([0, 0, 1], [0, 0, 1], labels=[0, 1, 2], average="macro", zero_division=0)
     )
+
+
+def test_per_class_scores_match_sklearn_including_a_class_never_predicted():
+    y_pred = np.where(Y_PRED == 2, 1, Y_PRED)  # class 2 is never predicted: its precision is 0, as sklearn has it
+    scores = per_class_scores(confusion_matrix(Y_TRUE, y_pred, 3))
+    expected = precision_recall_fscore_support(Y_TRUE, y_pred, labels=[0, 1, 2], zero_division=0)
+    for ours, theirs in zip((scores["precision"], scores["recall"], scores["f1"], scores["support"]), expected):
+        np.testing.assert_allclose(ours, theirs)
 
 
 @pytest.mark.parametrize("metric_fn", [accuracy, f1_macro, quadratic_weighted_kappa])

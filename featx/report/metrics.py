@@ -1,4 +1,4 @@
-"""What a trained head is worth: metrics with bootstrap intervals, the leaderboard, confusion matrices."""
+"""What a trained head is worth, in text: metrics with bootstrap intervals, the leaderboard, confusion matrices."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ __all__ = [
     "confusion_matrix",
     "confusion_text",
     "f1_macro",
+    "leaderboard_cells",
     "leaderboard_table",
+    "per_class_scores",
     "quadratic_weighted_kappa",
     "save_confusion_png",
 ]
@@ -30,6 +32,18 @@ def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
     y_pred = np.asarray(y_pred, dtype=np.int64)
     flat = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes)
     return flat.reshape(n_classes, n_classes)
+
+
+def per_class_scores(cm) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (0 where undefined, as sklearn)."""
+    cm = np.asarray(cm, dtype=float)
+    hits = np.diag(cm)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(hits, predicted, out=np.zeros(len(hits)), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(len(hits)), where=support > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros(len(hits)), where=total > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 
 def accuracy(y_true, y_pred) -> float:
@@ -108,8 +122,8 @@ def _format_param_value(value) -> str:
     return str(value)
 
 
-def leaderboard_table(rows: Sequence[dict]) -> str:
-    """Aligned plain-text table of leaderboard rows (one per head).
+def leaderboard_cells(rows: Sequence[dict]) -> list[list[str]]:
+    """The leaderboard as text cells: the header line, then one line per head (the text and HTML tables show these).
 
     Rows use the keys `head`, `params` (dict or text), `cv_score`, `accuracy`, `f1_macro`, `qwk`
     (each metric optionally with `<metric>_ci` = (low, high)) and `fit_seconds`; a metric column
@@ -126,7 +140,13 @@ def leaderboard_table(rows: Sequence[dict]) -> str:
     columns.append(("fit s", lambda row: _format_seconds(row.get("fit_seconds"))))
     cells = [[header for header, _ in columns]]
     cells += [[render(row) for _, render in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return cells
+
+
+def leaderboard_table(rows: Sequence[dict]) -> str:
+    """Aligned plain-text table of leaderboard rows (one per head); see `leaderboard_cells` for the keys."""
+    cells = leaderboard_cells(rows)
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
