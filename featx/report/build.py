@@ -1,0 +1,267 @@
+"""Build the report page from a fitted head and its rows: for `featx train` and `featx report BUNDLE FEATURES`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.report.label_issues import (
+    LabelIssues,
+    find_label_issues,
+    out_of_fold_probabilities,
+    write_label_issues_csv,
+)
+from featx.report.page import FeatureMap, Predictions, ReportData, write_report_page
+
+__all__ = ["LabelledRows", "ReportResult", "build_report", "report"]
+
+
+@dataclass
+class LabelledRows:
+    """Feature rows with their class indices and the images they came from."""
+
+    X: np.ndarray  # (rows, D)
+    y: np.ndarray  # class index of each row
+    paths: Sequence[str]  # relative to root
+    root: str | None = None  # the feature file's dataset root
+    groups: np.ndarray | None = None  # source image of each row when augmented copies share one; None: its path
+    aug: np.ndarray | None = None  # 0 = the original image, k = k-th augmented copy; None: all originals
+    source: str = ""  # what the rows are, in words
+
+    def originals(self) -> np.ndarray:
+        """Indices of the rows of original images (pages and scores show those, never augmented copies)."""
+        return np.arange(len(self.y)) if self.aug is None else np.flatnonzero(np.asarray(self.aug) == 0)
+
+
+@dataclass
+class ReportResult:
+    """Where the page and the label-issue CSV went, and what they hold."""
+
+    page: Path
+    label_issues_csv: Path | None
+    label_issues: int  # rows flagged
+    seconds: float
+
+    def __str__(self) -> str:
+        size = self.page.stat().st_size / 1e6 if self.page.exists() else 0.0
+        issues = ""
+        if self.label_issues_csv:
+            issues = f"; {self.label_issues} likely label error(s) -> {self.label_issues_csv}"
+        return f"report: {self.page} ({size:.1f} MB, {self.seconds:.1f} s){issues}"
+
+
+def label_issues_csv_path(page: Path) -> Path:
+    """`<name>-label-issues.csv` beside `<name>-report.html`."""
+    stem = page.name[: -len("-report.html")] if page.name.endswith("-report.html") else page.stem
+    return page.with_name(f"{stem}-label-issues.csv")
+
+
+def _probability_model(head):
+    """The fitted model behind `head`'s probabilities, to refit once per fold for out-of-fold probabilities.
+
+    A search's winner keeps its chosen hyperparameters (one fit per fold, not a whole search per fold;
+    the hyperparameter saw every row, which barely moves the probabilities), unless only the search
+    has probabilities (a calibrated SVM). A fold ensemble contributes its first member; the ordinal
+    head its probability model.
+    """
+    model = head
+    while True:
+        if hasattr(getattr(model, "best_estimator_", None), "predict_proba"):
+            model = model.best_estimator_
+        elif getattr(model, "estimators_", None):
+            model = model.estimators_[0]
+        elif hasattr(getattr(model, "estimator_", None), "predict_proba"):
+            model = model.estimator_
+        else:
+            return model
+
+
+def _issue_model(head, rows: LabelledRows, seed: int, log):
+    """The model whose out-of-fold probabilities judge the labels: the head's, or logreg's when it has none."""
+    model = _probability_model(head)
+    if hasattr(model, "predict_proba"):
+        return model
+    from featx.heads import make_head
+
+    log(f"{type(head).__name__} gives no probabilities; finding label issues with a logreg head")
+    search = make_head("logreg", n_classes=int(np.max(rows.y)) + 1, seed=seed)
+    return _probability_model(search.fit(rows.X, rows.y))
+
+
+def _label_issues(head, rows: LabelledRows, n_classes: int, *, folds: int, seed: int,
+                  log) -> tuple[LabelIssues | None, str]:
+    """Label issues among the original images of `rows`, or None and the reason there are none."""
+    groups = rows.groups
+    if groups is None and rows.aug is not None and (np.asarray(rows.aug) > 0).any():
+        groups = np.asarray(rows.paths, dtype=object)  # copies of one image share its path
+    try:
+        model = _issue_model(head, rows, seed, log)
+        probabilities = out_of_fold_probabilities(model, rows.X, rows.y, groups, folds=folds, seed=seed)
+    except FeatxError as error:
+        return None, f"Label issues were not searched: {error}."
+    keep = rows.originals()
+    # Columns for every class, also those without training rows (which get probability 0).
+    probabilities = np.pad(probabilities, ((0, 0), (0, max(0, n_classes - probabilities.shape[1]))))
+    issues = find_label_issues(probabilities[keep], rows.y[keep], paths=[rows.paths[i] for i in keep], root=rows.root)
+    issues.rows = keep[issues.rows]  # indices into `rows`, not into its originals
+    return issues, ""
+
+
+def _predictions(head, rows: LabelledRows, n_classes: int) -> Predictions:
+    keep = rows.originals()
+    X = rows.X[keep]
+    probabilities = None
+    if hasattr(head, "predict_proba"):
+        # The head's columns are the classes it was trained on; a class it never saw gets 0.
+        found = np.asarray(head.predict_proba(X))
+        classes = np.asarray(getattr(head, "classes_", np.arange(found.shape[1])), dtype=np.int64)
+        probabilities = np.zeros((len(X), n_classes))
+        probabilities[:, classes] = found
+    return Predictions(
+        y_true=np.asarray(rows.y)[keep], y_pred=np.asarray(head.predict(X), dtype=np.int64),
+        probabilities=probabilities, paths=[rows.paths[i] for i in keep], root=rows.root, source=rows.source,
+    )
+
+
+def _feature_map(train: LabelledRows, test: LabelledRows | None, predictions: Predictions | None,
+                 issues: LabelIssues | None, class_names) -> FeatureMap:
+    """Training originals and test rows in one map, each image once; mistakes are misses and label issues."""
+    entries: dict[str, list] = {}  # full path -> [features, label, mistake, notes]
+
+    def add(rows: LabelledRows, index: int, mistake: bool, note: str) -> None:
+        path = os.path.join(rows.root, rows.paths[index]) if rows.root else str(rows.paths[index])
+        entry = entries.setdefault(path, [rows.X[index], int(rows.y[index]), False, []])
+        entry[2] = entry[2] or mistake
+        entry[3].append(note)
+
+    suggested = {} if issues is None else {int(r): int(s) for r, s in zip(issues.rows, issues.suggested)}
+    for index in train.originals():
+        if index in suggested:
+            add(train, index, True, f"likely label error: looks like {class_names[suggested[index]]}")
+        else:
+            add(train, index, False, "training image")
+    if test is not None and predictions is not None:
+        for position, index in enumerate(test.originals()):
+            guess = int(predictions.y_pred[position])
+            add(test, index, guess != int(test.y[index]), f"test image, predicted {class_names[guess]}")
+    values = list(entries.values())
+    return FeatureMap(
+        features=np.asarray([value[0] for value in values], dtype=np.float32),
+        labels=np.array([value[1] for value in values], dtype=np.int64),
+        mistakes=np.array([value[2] for value in values], dtype=bool),
+        paths=list(entries), root=None, notes=["; ".join(value[3]) for value in values],
+    )
+
+
+def build_report(page, head, summary: ReportData, train: LabelledRows, test: LabelledRows | None = None, *,
+                 issues_csv=None, folds: int = 5, seed: int = 0,
+                 log: Callable[[str], object] = print) -> ReportResult:
+    """Write the report page (and the label-issue CSV) for a fitted head.
+
+    summary: title, class names, leaderboard, recipe, ...; its test, label issues and map are filled in here.
+    train: the rows the head was trained on (label issues are searched there, out-of-fold).
+    test: held-out rows for the confusion matrix; without them the page has no confusion matrix.
+    issues_csv: default `<name>-label-issues.csv` beside `<name>-report.html`.
+    """
+    started = time.perf_counter()
+    page = Path(page)
+    notes = list(summary.notes)
+    n_classes = len(summary.class_names)
+    predictions = _predictions(head, test, n_classes) if test is not None and len(test.y) else None
+    issues, reason = _label_issues(head, train, n_classes, folds=folds, seed=seed, log=log)
+    if reason:
+        notes.append(reason)
+        log(reason)
+    csv_path = None
+    if issues is not None:
+        csv_path = write_label_issues_csv(issues_csv or label_issues_csv_path(page), issues, summary.class_names)
+    data = dataclasses.replace(
+        summary, test=predictions, label_issues=issues, notes=notes,
+        label_issues_csv=None if csv_path is None else csv_path.name,
+        feature_map=_feature_map(train, test, predictions, issues, summary.class_names),
+    )
+    write_report_page(page, data, seed=seed)
+    return ReportResult(page=page, label_issues_csv=csv_path, label_issues=0 if issues is None else len(issues),
+                        seconds=time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- featx report BUNDLE FEATURES
+
+
+def _rows_for_bundle(store, class_names: Sequence[str], source: str, log) -> LabelledRows:
+    """The store's labelled rows with labels mapped onto the bundle's classes by name."""
+    labels = np.asarray(store.labels, dtype=np.int64)
+    names = [str(name) for name in store.label_names]
+    position = {name: i for i, name in enumerate(class_names)}
+    labelled = np.flatnonzero(labels >= 0)
+    if len(labelled) < len(labels):
+        log(f"{source}: leaving out {len(labels) - len(labelled)} unlabelled row(s)")
+    if len(labelled) == 0:
+        raise FeatxError(f"{source} has no labelled rows; a report needs images in class folders")
+    if labels.max() >= len(names):
+        raise FeatxError(f"{source} has labels without class names; re-extract it with `featx extract`")
+    unknown = sorted({names[i] for i in labels[labelled]} - set(position))
+    if unknown:
+        raise FeatxError(f"{source} has class(es) {', '.join(unknown)} that the model does not know "
+                         f"(known: {', '.join(class_names)}); use a feature file with the model's class folders")
+    to_class = np.array([position.get(name, -1) for name in names], dtype=np.int64)
+    # One contiguous read, then select: much faster than h5py's fancy indexing.
+    X = np.asarray(store.features[:], dtype=np.float32)[labelled]
+    aug = None if store.aug is None else np.asarray(store.aug)[labelled]
+    return LabelledRows(X=X, y=to_class[labels[labelled]], paths=[store.paths[i] for i in labelled],
+                        root=store.dataset_root, aug=aug, source=f"{len(labelled)} rows of {source}")
+
+
+def _report_paths(bundle_path: Path, features: Path, output) -> tuple[Path, Path]:
+    if output is None:
+        page = bundle_path.parent / f"{features.stem}-report.html"
+    else:
+        output = Path(output)
+        page = output if output.suffix.lower() in (".html", ".htm") else output / f"{features.stem}-report.html"
+    return page, label_issues_csv_path(page)
+
+
+def report(bundle_path, features_path, *, output=None, folds: int = 5, seed: int = 0,
+           log: Callable[[str], object] = print) -> ReportResult:
+    """The report page of a saved bundle on a labelled feature file (`featx report BUNDLE FEATURES`).
+
+    The head predicts every original image of the file (the confusion matrix); label issues are
+    searched out-of-fold on the same rows. Writes `<features-stem>-report.html` and
+    `-label-issues.csv` beside the bundle, or into `output` (a folder or an .html path).
+    """
+    from featx.bundle import load_bundle
+    from featx.store import FeatureStore, check_compatible
+
+    bundle = load_bundle(bundle_path)
+    features = Path(features_path)
+    if len(bundle.recipes) > 1:
+        raise FeatxError(f"{bundle_path} was trained on {len(bundle.recipes)} fused feature files; "
+                         "a report takes a bundle trained on one")
+    recipe = bundle.recipes[0] if bundle.recipes else None
+    with FeatureStore(features) as store:
+        if recipe is not None:
+            check_compatible([recipe, store])
+        rows = _rows_for_bundle(store, bundle.label_names, str(features), log)
+    notes = []
+    trained_on = bundle.extra.get("features")
+    if trained_on and Path(trained_on).resolve() == features.resolve():
+        notes.append(f"The head was trained on rows of {features.name}: its confusion matrix here is optimistic. "
+                     "The label issues are out-of-fold, so they are not.")
+    summary = ReportData(
+        title=f"featx report: {bundle.head_name} on {features.name}",
+        class_names=list(bundle.label_names), graded=bundle.graded,
+        leaderboard=[{"head": bundle.head_name, **bundle.metrics}], best=bundle.head_name,
+        metric=str(bundle.extra.get("metric") or "accuracy"), recipe={} if recipe is None else recipe.to_attrs(),
+        notes=notes + [f"Leaderboard: the scores recorded in {Path(bundle_path).name} when it was trained."],
+    )
+    page, csv_path = _report_paths(Path(bundle_path), features, output)
+    result = build_report(page, bundle.head, summary, rows, rows, issues_csv=csv_path, folds=folds, seed=seed, log=log)
+    log(str(result))
+    return result

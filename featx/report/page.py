@@ -1,0 +1,455 @@
+"""The report page: one self-contained HTML file showing the images behind every number.
+
+No network, no CDN, no framework: inline CSS, a little plain JavaScript, inline SVG, and the
+thumbnails as base64 JPEGs, so the file can be mailed or archived and still opens years later.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featx.report.feature_map import MAX_POINTS, layout_2d
+from featx.report.label_issues import LabelIssues
+from featx.report.metrics import (
+    confusion_matrix,
+    leaderboard_cells,
+    per_class_scores,
+    quadratic_weighted_kappa,
+)
+from featx.report.thumbnails import Thumbnail, make_thumbnails
+
+__all__ = ["FeatureMap", "Predictions", "ReportData", "write_report_page"]
+
+PER_CELL = 24  # thumbnails per confusion-matrix cell
+ISSUES_SHOWN = 100  # label issues listed on the page (the CSV has them all)
+
+
+@dataclass
+class Predictions:
+    """A head's predictions on labelled rows, with the images behind them."""
+
+    y_true: np.ndarray  # class index
+    y_pred: np.ndarray  # class index
+    probabilities: np.ndarray | None  # (rows, classes), or None for a head without them
+    paths: Sequence[str]  # relative to root
+    root: str | None = None  # dataset root; None when paths are usable as they are
+    source: str = ""  # what the rows are, in words ("153 rows of features/hy-val.h5")
+
+
+@dataclass
+class FeatureMap:
+    """Rows to lay out in 2-D, coloured by label, mistakes marked."""
+
+    features: np.ndarray  # (rows, D)
+    labels: np.ndarray  # class index
+    mistakes: np.ndarray  # bool: drawn as marked points
+    paths: Sequence[str]  # relative to root
+    root: str | None = None
+    notes: Sequence[str] | None = None  # one line per row shown on hover (e.g. "predicted bees")
+
+
+@dataclass
+class ReportData:
+    """Everything the report page shows; the sections whose data is None are left out."""
+
+    title: str
+    class_names: list[str]
+    graded: bool = False
+    leaderboard: list[dict] = field(default_factory=list)  # the rows `leaderboard_table` takes
+    best: str | None = None  # the best head's name (its row is highlighted; `test` is its predictions)
+    metric: str = "accuracy"  # what chose the best head
+    recipe: dict = field(default_factory=dict)  # how the features were made, flat
+    test: Predictions | None = None
+    label_issues: LabelIssues | None = None
+    label_issues_csv: str | None = None  # where all label issues were written, to say so
+    feature_map: FeatureMap | None = None
+    notes: list[str] = field(default_factory=list)  # shown under the title
+
+
+def _full_path(root, relative: str) -> str:
+    return os.path.join(root, relative) if root else relative
+
+
+class _Thumbs:
+    """The page's thumbnails: each image decoded once, embedded once, referred to by key elsewhere."""
+
+    def __init__(self, wanted: dict[str, None]):
+        self._found = make_thumbnails(wanted)
+        self._keys = {path: f"t{i}" for i, path in enumerate(self._found)}
+        self._embedded: set[str] = set()
+
+    def figure(self, path: str, lines: Sequence[str], hover: str, attributes: str = "") -> str:
+        """The image at `path` with caption `lines` below it and `hover` (plus the lines) as its tooltip."""
+        thumb = self._found.get(path) or Thumbnail(None, "not loaded")
+        title = html.escape("\n".join([*lines, hover]).strip())
+        caption = "<br>".join(html.escape(line) for line in lines)
+        opening = f'<figure class="thumb" title="{title}"{attributes}>'
+        if thumb.url is None:
+            return (f'{opening}<div class="noimg">image not available:<br>{html.escape(thumb.missing or "")}</div>'
+                    f"<figcaption>{caption}</figcaption></figure>")
+        self._embedded.add(path)
+        return (f'{opening}<img data-key="{self._keys[path]}" src="{thumb.url}" alt="">'
+                f"<figcaption>{caption}</figcaption></figure>")
+
+    def key(self, path: str) -> str:
+        """The key a map point uses to borrow this image's thumbnail ("" when there is none)."""
+        thumb = self._found.get(path)
+        return self._keys[path] if thumb is not None and thumb.url else ""
+
+    def store(self, paths) -> str:
+        """Hidden copies of the thumbnails `paths` need that no figure embedded already."""
+        extra = [path for path in dict.fromkeys(paths) if self.key(path) and path not in self._embedded]
+        self._embedded.update(extra)
+        images = "".join(f'<img data-key="{self._keys[p]}" src="{self._found[p].url}" alt="">' for p in extra)
+        return f'<div id="thumbstore" hidden>{images}</div>'
+
+    @property
+    def count(self) -> int:
+        return len(self._embedded)
+
+
+def _probability_text(probabilities, names: Sequence[str], top: int | None = None) -> str:
+    order = np.argsort(-probabilities, kind="stable")[:top]
+    return "  ".join(f"{names[k]} {probabilities[k]:.2f}" for k in order)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _section_leaderboard(data: ReportData) -> str:
+    parts = ['<section id="leaderboard"><h2>1. Leaderboard and recipe</h2>']
+    if data.leaderboard:
+        cells = leaderboard_cells(data.leaderboard)
+        head = "".join(f"<th>{html.escape(cell)}</th>" for cell in cells[0])
+        body = []
+        for row, line in zip(data.leaderboard, cells[1:]):
+            best = ' class="best"' if row.get("head") == data.best else ""
+            body.append(f"<tr{best}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in line) + "</tr>")
+        parts.append(f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+        parts.append(f'<p class="note">Best head by {html.escape(data.metric)}: <b>{html.escape(str(data.best))}</b> '
+                     "(highlighted). Intervals: 95% bootstrap over the test rows; cv score: the head's own "
+                     "hyperparameter search on the training rows.</p>")
+    if data.recipe:
+        rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_recipe_value(value))}</td></tr>"
+                       for key, value in data.recipe.items())
+        parts.append(f'<h3>Recipe (how the features were made)</h3><table class="recipe">{rows}</table>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _recipe_value(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+def _section_confusion(data: ReportData, thumbs: _Thumbs, per_cell: int) -> str:
+    test, names = data.test, data.class_names
+    n = len(names)
+    cm = confusion_matrix(test.y_true, test.y_pred, n)
+    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    off_diagonal = np.where(np.eye(n, dtype=bool), -1, cm)
+    opened = np.unravel_index(np.argmax(off_diagonal), cm.shape) if off_diagonal.max() > 0 else (0, 0)
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in names)
+    rows, galleries, capped = [], [], 0
+    for i in range(n):
+        cells = []
+        for j in range(n):
+            count = int(cm[i, j])
+            style = f"background:rgba({'31,119,180' if i == j else '214,39,40'},{0.08 + 0.8 * shares[i, j]:.2f})"
+            if count == 0:
+                cells.append(f'<td class="cell empty" style="{style}">0</td>')
+                continue
+            selected = " open" if (i, j) == tuple(opened) else ""
+            cells.append(f'<td class="cell{selected}" data-cell="{i}-{j}" style="{style}" '
+                         f'title="true {html.escape(names[i])}, predicted {html.escape(names[j])}: {count}">'
+                         f"{count}</td>")
+            members = np.flatnonzero((test.y_true == i) & (test.y_pred == j))
+            shown = _least_sure_first(members, test, j)[:per_cell]
+            capped += len(members) > len(shown)
+            figures = "".join(_prediction_figure(row, test, names, thumbs) for row in shown)
+            more = (f'<p class="note">showing {len(shown)} of {count} (least confident first)</p>'
+                    if count > len(shown) else "")
+            hidden = "" if selected else " hidden"
+            galleries.append(
+                f'<div class="gallery" id="cell-{i}-{j}"{hidden}><h3>true <b>{html.escape(names[i])}</b>, '
+                f"predicted <b>{html.escape(names[j])}</b>: {count} image(s)</h3>{more}"
+                f'<div class="thumbs">{figures}</div></div>'
+            )
+        rows.append(f'<tr><th>{html.escape(names[i])}</th>{"".join(cells)}</tr>')
+    source = f" on {html.escape(test.source)}" if test.source else ""
+    return (
+        f'<section id="confusion"><h2>2. Confusion matrix of {html.escape(str(data.best or "the head"))}{source}</h2>'
+        f'<p class="note">Rows: true class; columns: predicted. Click a cell to see its images (up to '
+        f"{per_cell} per cell{f'; {capped} cell(s) have more' if capped else ''}); hover an image for its "
+        "path and probabilities.</p>"
+        f'<table class="confusion"><thead><tr><th class="corner">true \\ predicted</th>{header}</tr></thead>'
+        f'<tbody>{"".join(rows)}</tbody></table>{"".join(galleries)}</section>'
+    )
+
+
+def _least_sure_first(rows: np.ndarray, test: Predictions, predicted: int) -> np.ndarray:
+    """The cell's rows, the ones the head was least sure of first: those are the ones worth a look."""
+    if test.probabilities is None or len(rows) == 0:
+        return rows
+    return rows[np.argsort(test.probabilities[rows, predicted], kind="stable")]
+
+
+def _prediction_figure(row: int, test: Predictions, names, thumbs: _Thumbs) -> str:
+    path = str(test.paths[row])
+    if test.probabilities is None:
+        caption, hover = f"predicted {names[test.y_pred[row]]}", ""
+    else:
+        caption = _probability_text(test.probabilities[row], names, top=2)
+        hover = _probability_text(test.probabilities[row], names)
+    return thumbs.figure(_full_path(test.root, path), [path, caption], hover)
+
+
+def _section_per_class(data: ReportData) -> str:
+    test, names = data.test, data.class_names
+    cm = confusion_matrix(test.y_true, test.y_pred, len(names))
+    scores = per_class_scores(cm)
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{scores['precision'][k]:.3f}</td><td>{scores['recall'][k]:.3f}</td>"
+        f"<td>{scores['f1'][k]:.3f}</td><td>{scores['support'][k]}</td></tr>"
+        for k, name in enumerate(names)
+    )
+    present = scores["support"] > 0
+    macro = (f"<tr class=\"total\"><th>macro average</th><td>{scores['precision'][present].mean():.3f}</td>"
+             f"<td>{scores['recall'][present].mean():.3f}</td><td>{scores['f1'][present].mean():.3f}</td>"
+             f"<td>{int(scores['support'].sum())}</td></tr>") if present.any() else ""
+    parts = [(
+        '<section id="per-class"><h2>3. Per-class precision, recall, F1</h2>'
+        '<table class="grid"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>'
+        f"<th>support</th></tr></thead><tbody>{rows}{macro}</tbody></table>"
+    )]
+    if data.graded:
+        parts.append(_grade_errors(test, names))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _grade_errors(test: Predictions, names) -> str:
+    """QWK and the histogram of (predicted - true) grade steps: how far off the misses are."""
+    n = len(names)
+    kappa = quadratic_weighted_kappa(test.y_true, test.y_pred, labels=list(range(n)))
+    errors = np.asarray(test.y_pred, dtype=np.int64) - np.asarray(test.y_true, dtype=np.int64)
+    steps = np.arange(-(n - 1), n)
+    counts = np.array([int(np.sum(errors == step)) for step in steps])
+    width, height, bar = 36 * len(steps), 160, 36
+    top = max(1, counts.max())
+    bars = []
+    for index, (step, count) in enumerate(zip(steps, counts)):
+        h = 120 * count / top
+        x = index * bar
+        colour = "#1f77b4" if step == 0 else "#d62728"
+        bars.append(
+            f'<rect x="{x + 4}" y="{130 - h:.1f}" width="{bar - 8}" height="{h:.1f}" fill="{colour}">'
+            f"<title>{step:+d} grade(s): {count}</title></rect>"
+            f'<text x="{x + bar / 2}" y="{126 - h:.1f}" text-anchor="middle" font-size="10">{count}</text>'
+            f'<text x="{x + bar / 2}" y="146" text-anchor="middle" font-size="11">{step:+d}</text>'
+        )
+    return (
+        f"<h3>Grades</h3><p>Quadratic weighted kappa: <b>{kappa:.3f}</b>. Grade error (predicted &minus; true) "
+        f'of each test image:</p><svg class="hist" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="grade error histogram">{"".join(bars)}</svg>'
+    )
+
+
+def _section_issues(data: ReportData, thumbs: _Thumbs, issues_shown: int) -> str:
+    issues, names = data.label_issues, data.class_names
+    head = ('<section id="label-issues"><h2>4. Likely label errors</h2>'
+            f'<p class="note">{len(issues)} of {issues.n_checked} training images have a given label the model '
+            "doubts: out-of-fold, its probability for that label is below the label's threshold (the mean "
+            "probability of the images labelled so) while another class reaches its own threshold (rule: "
+            "confident joint) or simply gets a higher probability (rule: prediction). Each image shows "
+            "given &rarr; suggested label; score: p(suggested) &minus; p(given), highest first. ")
+    if len(issues) == 0:
+        return head + "None found.</p></section>"
+    shown = min(len(issues), issues_shown)
+    listed = f"Showing the top {shown}" if shown < len(issues) else "All are listed"
+    csv_note = ""
+    if data.label_issues_csv:
+        csv_note = f"; the CSV <code>{html.escape(data.label_issues_csv)}</code> has them all"
+    head += f"{listed}{csv_note}.</p>"
+    figures = []
+    for rank in range(shown):
+        given, suggested = names[issues.given[rank]], names[issues.suggested[rank]]
+        rule = "confident joint" if issues.confident[rank] else "prediction"
+        lines = [f"#{rank + 1} {given} \u2192 {suggested}", f"score {issues.score[rank]:.2f} ({rule})",
+                 issues.paths[rank]]
+        figures.append(thumbs.figure(_full_path(issues.root, issues.paths[rank]), lines,
+                                     _probability_text(issues.probabilities[rank], names), f' data-rule="{rule}"'))
+    return f'{head}<div class="thumbs issues">{"".join(figures)}</div></section>'
+
+
+
+def _palette(n: int) -> list[str]:
+    # Tableau 10: distinct and colour-blind tolerable; beyond it, hues spread by the golden angle.
+    base = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22", "#17becf"]
+    return base[:n] + [f"hsl({(137.508 * k) % 360:.0f},65%,45%)" for k in range(max(0, n - len(base)))]
+
+
+def _section_map(data: ReportData, layout, thumbs: _Thumbs) -> str:
+    fmap, names = data.feature_map, data.class_names
+    colours = _palette(len(names))
+    size, pad = 640, 12
+    points, marked, store_paths = [], [], []
+    for position, row in enumerate(layout.rows):
+        x, y = pad + layout.xy[position] * (size - 2 * pad)
+        label = int(fmap.labels[row])
+        path = str(fmap.paths[row])
+        full = _full_path(fmap.root, path)
+        store_paths.append(full)
+        note = str(fmap.notes[row]) if fmap.notes is not None else ""
+        attributes = (f'cx="{x:.1f}" cy="{y:.1f}" fill="{colours[label % len(colours)]}" '
+                      f'data-t="{thumbs.key(full)}" data-p="{html.escape(path)}" '
+                      f'data-l="{html.escape(names[label])}" data-n="{html.escape(note)}"')
+        if fmap.mistakes[row]:
+            marked.append(f'<circle class="pt mistake" r="5" {attributes}/>')
+        else:
+            points.append(f'<circle class="pt" r="3" {attributes}/>')
+    counts = np.bincount(np.asarray(fmap.labels)[layout.rows], minlength=len(names))
+    legend = "".join(f'<li><span class="swatch" style="background:{colours[k % len(colours)]}"></span>'
+                     f"{html.escape(name)} ({counts[k]})</li>" for k, name in enumerate(names))
+    legend += (f'<li><span class="swatch ring"></span>marked: a mistake ({int(np.sum(fmap.mistakes[layout.rows]))})'
+               "</li>")
+    return (
+        '<section id="map"><h2>5. Map of the feature space</h2>'
+        f'<p class="note">{html.escape(layout.method)}. Colour: class; ringed: mistakes (misclassified test '
+        "images, likely label errors). Hover a point to see its image. Nearby points are images the backbone "
+        "finds alike; distances between far-apart groups mean little in t-SNE.</p>"
+        f'<div class="mapbox"><svg id="fmap" width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
+        f'role="img" aria-label="feature map">'
+        f'<rect width="{size}" height="{size}" fill="#fafafa" stroke="#ddd"/>{"".join(points)}{"".join(marked)}'
+        f'</svg><ul class="legend">{legend}</ul></div>{thumbs.store(store_paths)}'
+        '<div id="tip" hidden></div></section>'
+    )
+
+
+# --------------------------------------------------------------------------- the page
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fff}
+main{max-width:1100px;margin:0 auto;padding:16px 24px 48px}
+h1{font-size:22px;margin:8px 0}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:15px;margin:14px 0 6px}.note{color:#555;font-size:13px}
+table{border-collapse:collapse}.grid td,.grid th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+.grid thead th{background:#f3f3f3}tr.best td{background:#fff6d5;font-weight:600}
+tr.total th,tr.total td{background:#f7f7f7}
+.recipe th{text-align:left;padding:2px 12px 2px 0;color:#555;font-weight:500}.recipe td{font-family:monospace}
+.confusion th,.confusion td{border:1px solid #ccc;padding:6px 10px;text-align:center;min-width:40px}
+.confusion td.cell{cursor:pointer;font-weight:600}.confusion td.empty{cursor:default;color:#999;font-weight:400}
+.confusion td.open{outline:3px solid #222;outline-offset:-3px}.corner{font-weight:400;color:#666;font-size:12px}
+.thumbs{display:flex;flex-wrap:wrap;gap:8px}
+figure.thumb{margin:0;width:104px;font-size:11px;color:#444}
+figure.thumb img{display:block;max-width:96px;max-height:96px;border:1px solid #ccc}
+figure.thumb figcaption{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.noimg{width:94px;height:70px;border:1px dashed #d62728;color:#d62728;font-size:11px;padding:2px;overflow:hidden}
+.issues figure.thumb{width:128px}
+.mapbox{display:flex;gap:16px;align-items:flex-start}.legend{list-style:none;padding:0;margin:0;font-size:13px}
+.swatch{display:inline-block;width:11px;height:11px;border-radius:50%;margin-right:6px;vertical-align:-1px}
+.swatch.ring{border:2px solid #111;width:8px;height:8px}
+circle.pt{opacity:.8}circle.mistake{stroke:#111;stroke-width:1.6;opacity:1}circle.pt:hover{stroke:#000;stroke-width:2}
+#tip{position:fixed;pointer-events:none;background:#fff;border:1px solid #999;padding:6px;font-size:12px;
+box-shadow:0 2px 8px rgba(0,0,0,.2);max-width:240px;z-index:10}#tip img{display:block;max-width:96px;max-height:96px}
+"""
+
+# Kept tiny and dependency-free. The first script records any error in the page itself, so a test
+# (or a person) can see that the script broke; the last line marks the page as ready.
+_ERROR_HOOK = ("<script>window.addEventListener('error',function(e){document.documentElement"
+               ".setAttribute('data-error',String(e.message||e))});</script>")
+_SCRIPT = """<script>
+(function(){
+  document.querySelectorAll('td.cell[data-cell]').forEach(function(cell){
+    cell.addEventListener('click',function(){
+      var target=document.getElementById('cell-'+cell.dataset.cell);
+      document.querySelectorAll('.gallery').forEach(function(g){g.hidden=(g!==target)||!g.hidden;});
+      document.querySelectorAll('td.cell').forEach(function(c){c.classList.toggle('open',c===cell&&!target.hidden);});
+    });
+  });
+  var map=document.getElementById('fmap'),tip=document.getElementById('tip');
+  if(map&&tip){
+    map.addEventListener('mouseover',function(e){
+      var p=e.target;if(!p.classList||!p.classList.contains('pt'))return;
+      tip.textContent='';
+      var img=p.dataset.t&&document.querySelector('img[data-key="'+p.dataset.t+'"]');
+      if(img){var copy=document.createElement('img');copy.src=img.src;tip.appendChild(copy);}
+      else{var none=document.createElement('div');none.textContent='(no thumbnail)';tip.appendChild(none);}
+      [p.dataset.p,p.dataset.l+(p.dataset.n?' \\u2014 '+p.dataset.n:'')].forEach(function(t){
+        var line=document.createElement('div');line.textContent=t;tip.appendChild(line);});
+      tip.hidden=false;
+    });
+    map.addEventListener('mousemove',function(e){
+      tip.style.left=(e.clientX+14)+'px';tip.style.top=(e.clientY+14)+'px';});
+    map.addEventListener('mouseout',function(e){
+      if(e.target.classList&&e.target.classList.contains('pt'))tip.hidden=true;});
+  }
+  document.documentElement.setAttribute('data-ready','1');
+})();
+</script>"""
+
+
+def _wanted_thumbnails(data: ReportData, layout, per_cell: int, issues_shown: int) -> dict[str, None]:
+    """Every image the page will show, so they can all be decoded at once, in parallel."""
+    wanted: dict[str, None] = {}
+    if data.test is not None:
+        test = data.test
+        for i in np.unique(test.y_true):
+            for j in np.unique(test.y_pred[test.y_true == i]):
+                members = np.flatnonzero((test.y_true == i) & (test.y_pred == j))
+                for row in _least_sure_first(members, test, j)[:per_cell]:
+                    wanted[_full_path(test.root, str(test.paths[row]))] = None
+    if data.label_issues is not None:
+        for path in data.label_issues.paths[:issues_shown]:
+            wanted[_full_path(data.label_issues.root, path)] = None
+    if layout is not None:
+        for row in layout.rows:
+            wanted[_full_path(data.feature_map.root, str(data.feature_map.paths[row]))] = None
+    return wanted
+
+
+def write_report_page(path, data: ReportData, *, per_cell: int = PER_CELL, issues_shown: int = ISSUES_SHOWN,
+                      map_points: int = MAX_POINTS, seed: int = 0) -> Path:
+    """Write the self-contained report page for `data` to `path` (an .html file) and return the path."""
+    started = time.perf_counter()
+    layout = None
+    if data.feature_map is not None and len(data.feature_map.labels) > 0:
+        layout = layout_2d(data.feature_map.features, flagged=data.feature_map.mistakes, max_points=map_points,
+                           seed=seed)
+    thumbs = _Thumbs(_wanted_thumbnails(data, layout, per_cell, issues_shown))
+    sections = [_section_leaderboard(data)] if data.leaderboard or data.recipe else []
+    if data.test is not None and len(data.test.y_true) > 0:
+        sections += [_section_confusion(data, thumbs, per_cell), _section_per_class(data)]
+    if data.label_issues is not None:
+        sections.append(_section_issues(data, thumbs, issues_shown))
+    if layout is not None:
+        sections.append(_section_map(data, layout, thumbs))
+    notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in data.notes)
+    built = (f"Built by featx in {time.perf_counter() - started:.1f} s with {thumbs.count} embedded thumbnails; "
+             "this file is self-contained (no network needed).")
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(data.title)}</title>{_ERROR_HOOK}<style>{_CSS}</style></head><body><main>"
+        f'<h1>{html.escape(data.title)}</h1><p class="note">{", ".join(html.escape(n) for n in data.class_names)}'
+        f"{' (graded)' if data.graded else ''}</p>{notes}"
+        f'{"".join(sections)}<p class="note">{built}</p></main>{_SCRIPT}</body></html>'
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole to a temporary name, then renamed: a reader never sees half a page.
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(page, encoding="utf-8")
+    os.replace(temporary, path)
+    return path
