@@ -131,7 +131,8 @@ def test_damaged_cache_is_rebuilt(small, photos, cache, damage):
     assert rt.cached_litert("efficientnet_lite0", RANDOM_SHA, 64, layer=SMALL["layer"]) is None
 
     rebuilt = rt.to_litert(small, RANDOM_SHA)
-    np.testing.assert_allclose(rebuilt(rebuilt.preprocess(photos)), expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    found = rebuilt(rebuilt.preprocess(photos))
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
     assert len(tflite.read_bytes()) == len(whole)
     assert rt.cached_litert("efficientnet_lite0", RANDOM_SHA, 64, layer=SMALL["layer"]) is not None
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
@@ -160,6 +161,33 @@ def test_failed_check_is_recorded_and_refused_without_converting_again(small, ca
     with pytest.raises(FeatxError, match="failed its check"):
         rt.to_litert(small, RANDOM_SHA)
     assert sidecar.stat().st_mtime_ns == stamp
+
+
+# ----------------------------------------------------------------------------- reduced precision
+
+
+def test_reduced_precisions_are_separate_files_checked_by_cosine(small, photos, cache):
+    exact = rt.to_litert(small, RANDOM_SHA)
+    with pytest.raises(FeatxError, match="calibration images"):
+        rt.to_litert(small, RANDOM_SHA, precision="int8")
+    with pytest.raises(FeatxError, match="unknown precision"):
+        rt.to_litert(small, RANDOM_SHA, precision="bf8")
+    reference = exact(exact.preprocess(photos))
+    for precision, calibration in (("fp16", None), ("int8", photos)):
+        runtime = rt.to_litert(small, RANDOM_SHA, precision=precision, calibration=calibration)
+        assert runtime.precision == precision
+        check = runtime.meta["check"]
+        assert check["passed"] and check["min_cosine"] >= rt.REDUCED_MIN_COSINE
+        found = runtime(runtime.preprocess(photos))
+        cosines = (found * reference).sum(1) / np.linalg.norm(found, axis=1) / np.linalg.norm(reference, axis=1)
+        assert cosines.min() >= rt.REDUCED_MIN_COSINE
+        assert not np.array_equal(found, reference)  # it is a different runtime, not the float32 file again
+    assert len(list(cache.glob("*.tflite"))) == 3
+    digest = rt.calibration_digest(photos)
+    assert rt.cached_litert("efficientnet_lite0", RANDOM_SHA, 64, layer=SMALL["layer"], precision="int8",
+                            calibration_id=digest) is not None
+    assert rt.cached_litert("efficientnet_lite0", RANDOM_SHA, 64, layer=SMALL["layer"], precision="int8",
+                            calibration_id=rt.calibration_digest(photos[:2])) is None
 
 
 # ----------------------------------------------------------------------------- running

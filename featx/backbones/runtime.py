@@ -28,9 +28,11 @@ from featx.errors import FeatxError
 log = logging.getLogger(__name__)
 
 FORMAT = "featx-litert/1"  # part of the cache key: a change in how featx converts makes new files
-PRECISIONS = ("float32", "int8")
+# float32 gives Keras' features; fp16 (weights and, where the CPU has native fp16 arithmetic, XNNPACK's
+# compute) and int8 (full-integer, calibrated on the dataset) change them a little: never the default.
+PRECISIONS = ("float32", "fp16", "int8")
 CHECK_TOLERANCE = 1e-4  # max |litert - keras| / max |keras| per image, float32
-INT8_MIN_COSINE = 0.9  # int8 never matches to 1e-4; refuse only a conversion that broke the features
+REDUCED_MIN_COSINE = 0.9  # reduced precision never matches to 1e-4; refuse only a conversion that broke it
 
 # Each Keras preprocess_input mode as plain numpy (same float32 operations in the same order), so
 # a LiteRT run never imports Keras to preprocess.
@@ -180,7 +182,7 @@ def cache_key(name: str, weights_sha256: str, image_size: int, pooling: str = "a
         raise FeatxError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     return {"format": FORMAT, "backbone": str(name), "weights_sha256": str(weights_sha256),
             "image_size": int(image_size), "pooling": str(pooling), "layer": layer or "",
-            "precision": precision, "calibration": calibration_id if precision != "float32" else ""}
+            "precision": precision, "calibration": calibration_id if precision == "int8" else ""}
 
 
 def cached_path(key: dict) -> Path:
@@ -276,9 +278,7 @@ def to_litert(backbone, weights_sha256: str, *, precision: str = "float32", cali
         if calibration is None or len(calibration) == 0:
             raise FeatxError("precision int8 needs calibration images: pass ~200 images of the dataset")
         calibration = np.asarray(calibration)
-        calibration_id = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:16]
-    else:
-        calibration_id = ""
+    calibration_id = calibration_digest(calibration) if precision == "int8" else ""
     key = cache_key(backbone.name, weights_sha256, backbone.input_size, backbone.pooling, backbone.layer,
                     precision, calibration_id)
     path = cached_path(key)
@@ -314,6 +314,11 @@ def to_litert(backbone, weights_sha256: str, *, precision: str = "float32", cali
     return runtime
 
 
+def calibration_digest(calibration) -> str:
+    """A short digest of int8 calibration images (uint8 (N, S, S, 3)): part of the int8 cache key."""
+    return hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:16]
+
+
 def convert(backbone, *, precision: str = "float32", calibration=None) -> bytes:
     """The backbone's pooled Keras model as .tflite bytes (imports TensorFlow)."""
     import tempfile
@@ -330,6 +335,9 @@ def convert(backbone, *, precision: str = "float32", calibration=None) -> bytes:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.representative_dataset = _representative(backbone, calibration)
+        elif precision == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
         elif precision != "float32":
             raise FeatxError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         try:
@@ -390,7 +398,7 @@ def check_against(runtime: LiteRTBackbone, backbone, *, images=None, tolerance: 
     if runtime.precision == "float32":
         passed, limit = relative <= tolerance, f"relative error <= {tolerance:g}"
     else:
-        passed, limit = cosine >= INT8_MIN_COSINE, f"cosine >= {INT8_MIN_COSINE:g}"
+        passed, limit = cosine >= REDUCED_MIN_COSINE, f"cosine >= {REDUCED_MIN_COSINE:g}"
     summary = f"max relative error {relative:.2e}, min cosine {cosine:.6f} on {len(images)} images; needs {limit}"
     log.debug("LiteRT %s vs Keras %s: %s", runtime.precision, backbone.name, summary)
     check = {"images": len(images), "max_relative_error": relative, "min_cosine": cosine,
