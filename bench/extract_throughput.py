@@ -1,21 +1,91 @@
-"""Throughput of `featx extract`: decoding overlapped with inference vs. the same work done in turn.
+"""Throughput of stage 1 on real photos: the seeds' naive loop, `featx extract` (Keras), LiteRT, and LiteRT's limit.
 
-Both runs use the same images, backbone, batch size and writer in one process, so the ratio is
-meaningful on any machine. Real images: ../shared/data/hymenoptera (skipped with a message if absent).
+One process, the same images, options interleaved over repeats so that load from other processes
+spreads over all of them; median and min of the repeats are printed with the load average.
 
-    python bench/extract_throughput.py [DATASET] [--backbone efficientnet_lite0] [--workers N]
+  (1) naive: the seeds' loop, decoding in turn, then Keras `model.predict` per batch of 32
+  (2) featx extract, Keras runtime: today's `featx.extract` (decode threads ahead of inference, HDF5 out)
+  (3) LiteRT end to end: the issue-11 prototype pipeline (bench/litert_feeding.py), features written to HDF5
+  (4) LiteRT compute only: the same interpreters on pre-decoded, preprocessed tensors
+
+Goals (issue 11): (3) >= 4x (1) and (3) >= 0.6x (4). Real images: ../shared/data/hymenoptera (skipped
+with a message if absent).
+
+    python bench/extract_throughput.py [DATASET] [--repeats 3] [--in-turn]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "hymenoptera"
+sys.path.insert(0, str(HERE))
+
+import litert_feeding as feeding  # noqa: E402 - the prototype next to this script
+
+
+def naive_loop(backbone, files, batch_size=32) -> int:
+    """The seeds' loop: read and resize each image in turn, then one Keras predict per batch."""
+    import cv2
+
+    size, done = backbone.input_size, 0
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for path in files[start:start + batch_size]:
+            image = cv2.imread(str(path))
+            if image is None:
+                continue
+            batch.append(cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (size, size),
+                                    interpolation=cv2.INTER_AREA))
+        if batch:
+            done += len(backbone.model.predict(backbone.preprocess(np.stack(batch)), verbose=0))
+    return done
+
+
+def featx_extract(data, out, backbone_name, weights, workers=None) -> int:
+    from featx import extract
+
+    result = extract(data, out, backbone=backbone_name, weights=weights, workers=workers, overwrite=True,
+                     progress=False, echo=lambda *a: None)
+    return result.images_processed
+
+
+def litert_extract(runtime, files, out, *, pool, batch, ahead=False) -> int:
+    """The prototype LiteRT pipeline end to end, its features written to HDF5 like extract's."""
+    import h5py
+
+    rows: list = []
+    keeping = _Keeping(runtime, rows)
+    if ahead:
+        done = feeding.decode_ahead(keeping, files, pool=pool, batch=batch)
+    else:
+        done = feeding.per_worker(keeping, files, pool=pool, batch=batch)
+    with h5py.File(out, "w") as file:
+        file.create_dataset("features", data=np.concatenate(rows))
+    return done
+
+
+class _Keeping:
+    """A runtime that remembers every row it returns (calls may come from several threads)."""
+
+    def __init__(self, runtime, rows: list):
+        self._runtime, self._rows = runtime, rows
+        self.input_size, self.n_jobs, self.preprocess = runtime.input_size, runtime.n_jobs, runtime.preprocess
+
+    def __call__(self, batch):
+        rows = self._runtime(batch)
+        self._rows.append(rows)  # list.append is atomic under the GIL
+        return rows
 
 
 def main(argv=None):
@@ -23,33 +93,55 @@ def main(argv=None):
     p.add_argument("dataset", nargs="?", default=str(DEFAULT_DATA))
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--weights", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decode threads for the overlapped run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--litert-batch", type=int, default=1, help="images per interpreter call in (3)")
+    p.add_argument("--in-turn", action="store_true", help="also time featx extract with workers=0")
     args = p.parse_args(argv)
     data = Path(args.dataset)
     if not data.is_dir():
         print(f"skipped: {data} not found (the shared development data lives at ../shared/data)")
         return 0
+    if args.backbone != feeding.BACKBONE or args.weights != "auto":
+        print("the LiteRT prototype runs efficientnet_lite0 with its packaged weights only")
+        return 2
 
-    from featx import extract
     from featx.backbones import get_backbone
 
-    # Build (and trace) once so neither run pays the start-up cost.
-    get_backbone(args.backbone, weights=args.weights)
-    results = {}
+    cores = os.cpu_count() or 1
+    files, _, _ = feeding.list_files(data)
+    print(f"{len(files)} images in {data}, {cores} cores, {feeding.load_average()}")
+    backbone = get_backbone(args.backbone, weights=args.weights)  # built once: no option pays start-up
+    one = feeding.litert(1)
+    decoded, _ = feeding.decode_all(files, one.input_size)
+    tensors = one.preprocess(decoded)
+    workers = ThreadPoolExecutor(cores)
+    compute_pool = ThreadPoolExecutor(cores)
     with tempfile.TemporaryDirectory() as tmp:
-        for label, workers in (("in turn (workers=0)", 0), ("overlapped", args.workers)):
-            t0 = time.perf_counter()
-            r = extract(data, Path(tmp) / f"{workers}.h5", backbone=args.backbone, weights=args.weights,
-                        batch_size=args.batch_size, workers=workers, progress=False, echo=lambda *a: None)
-            wall = time.perf_counter() - t0
-            results[label] = (r, wall)
-            print(f"{label:22s} {r.images_processed} images, {r.rows} rows, {r.images_processed / wall:6.1f} "
-                  f"images/s end to end; {r.timing_line()}")
-    base = results["in turn (workers=0)"]
-    over = results["overlapped"]
-    print(f"speed-up of overlapped decoding over decoding in turn: "
-          f"{(over[0].images_processed / over[1]) / (base[0].images_processed / base[1]):.2f}x")
+        options = {
+            "(1) naive loop, Keras predict": lambda: naive_loop(backbone, files),
+            "(2) featx extract, Keras runtime": lambda: featx_extract(data, Path(tmp) / "keras.h5", args.backbone,
+                                                                      args.weights),
+            f"(3) LiteRT end to end, {cores} workers x 1-thread interpreter": lambda: litert_extract(
+                one, files, Path(tmp) / "litert.h5", pool=workers, batch=args.litert_batch),
+            f"(4) LiteRT compute only, {cores} interpreters x 1 thread": lambda: feeding.compute_only(
+                one, tensors, pool=compute_pool, batch=args.litert_batch),
+        }
+        if args.in_turn:
+            options["    featx extract, Keras runtime, workers=0"] = lambda: featx_extract(
+                data, Path(tmp) / "turn.h5", args.backbone, args.weights, workers=0)
+        feeding.warm(one, workers, args.litert_batch)
+        feeding.warm(one, compute_pool, args.litert_batch)
+        results = {label: [] for label in options}
+        for repeat in range(args.repeats):
+            for label, run in options.items():
+                t0 = time.perf_counter()
+                count = run()
+                results[label].append(count / (time.perf_counter() - t0))
+            print(f"repeat {repeat + 1}/{args.repeats} done, {feeding.load_average()}", flush=True)
+    feeding.report(results)
+    median = {label[:3]: statistics.median(values) for label, values in results.items()}
+    print(f"(2)/(1) {median['(2)'] / median['(1)']:.2f}x   (3)/(1) {median['(3)'] / median['(1)']:.2f}x (goal >= 4)   "
+          f"(3)/(4) {median['(3)'] / median['(4)']:.2f} (goal >= 0.6)   (3)/(2) {median['(3)'] / median['(2)']:.2f}x")
     return 0
 
 
