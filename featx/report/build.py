@@ -133,11 +133,12 @@ def _predictions(head, rows: LabelledRows, n_classes: int) -> Predictions:
 def _feature_map(train: LabelledRows, test: LabelledRows | None, predictions: Predictions | None,
                  issues: LabelIssues | None, class_names) -> FeatureMap:
     """Training originals and test rows in one map, each image once; mistakes are misses and label issues."""
-    entries: dict[str, list] = {}  # full path -> [features, label, mistake, notes]
+    entries: dict[str, list] = {}  # full path -> [features, label, mistake, notes, relative path, root]
 
     def add(rows: LabelledRows, index: int, mistake: bool, note: str) -> None:
-        path = os.path.join(rows.root, rows.paths[index]) if rows.root else str(rows.paths[index])
-        entry = entries.setdefault(path, [rows.X[index], int(rows.y[index]), False, []])
+        relative = str(rows.paths[index])
+        path = os.path.join(rows.root, relative) if rows.root else relative
+        entry = entries.setdefault(path, [rows.X[index], int(rows.y[index]), False, [], relative, rows.root])
         entry[2] = entry[2] or mistake
         entry[3].append(note)
 
@@ -156,7 +157,8 @@ def _feature_map(train: LabelledRows, test: LabelledRows | None, predictions: Pr
         features=np.asarray([value[0] for value in values], dtype=np.float32),
         labels=np.array([value[1] for value in values], dtype=np.int64),
         mistakes=np.array([value[2] for value in values], dtype=bool),
-        paths=list(entries), root=None, notes=["; ".join(value[3]) for value in values],
+        paths=[value[4] for value in values], root=[value[5] for value in values],
+        notes=["; ".join(value[3]) for value in values],
     )
 
 

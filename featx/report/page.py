@@ -51,8 +51,12 @@ class FeatureMap:
     labels: np.ndarray  # class index
     mistakes: np.ndarray  # bool: drawn as marked points
     paths: Sequence[str]  # relative to root
-    root: str | None = None
+    root: str | Sequence[str | None] | None = None  # one dataset root, or one per row (rows of several files)
     notes: Sequence[str] | None = None  # one line per row shown on hover (e.g. "predicted bees")
+
+    def full_path(self, row: int) -> str:
+        root = self.root if self.root is None or isinstance(self.root, (str, os.PathLike)) else self.root[row]
+        return _full_path(root, str(self.paths[row]))
 
 
 @dataclass
@@ -124,7 +128,7 @@ def _probability_text(probabilities, names: Sequence[str], top: int | None = Non
 
 
 def _section_leaderboard(data: ReportData) -> str:
-    parts = ['<section id="leaderboard"><h2>1. Leaderboard and recipe</h2>']
+    parts = ['<section id="leaderboard"><h2>1. Leaderboard and recipe</h2><div class="side"><div>']
     if data.leaderboard:
         cells = leaderboard_cells(data.leaderboard)
         head = "".join(f"<th>{html.escape(cell)}</th>" for cell in cells[0])
@@ -136,11 +140,12 @@ def _section_leaderboard(data: ReportData) -> str:
         parts.append(f'<p class="note">Best head by {html.escape(data.metric)}: <b>{html.escape(str(data.best))}</b> '
                      "(highlighted). Intervals: 95% bootstrap over the test rows; cv score: the head's own "
                      "hyperparameter search on the training rows.</p>")
+    parts.append("</div>")
     if data.recipe:
         rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_recipe_value(value))}</td></tr>"
                        for key, value in data.recipe.items())
-        parts.append(f'<h3>Recipe (how the features were made)</h3><table class="recipe">{rows}</table>')
-    parts.append("</section>")
+        parts.append(f'<div><h3>Recipe (how the features were made)</h3><table class="recipe">{rows}</table></div>')
+    parts.append("</div></section>")
     return "".join(parts)
 
 
@@ -303,13 +308,13 @@ def _palette(n: int) -> list[str]:
 def _section_map(data: ReportData, layout, thumbs: _Thumbs) -> str:
     fmap, names = data.feature_map, data.class_names
     colours = _palette(len(names))
-    size, pad = 640, 12
+    size, pad = 560, 12
     points, marked, store_paths = [], [], []
     for position, row in enumerate(layout.rows):
         x, y = pad + layout.xy[position] * (size - 2 * pad)
         label = int(fmap.labels[row])
         path = str(fmap.paths[row])
-        full = _full_path(fmap.root, path)
+        full = fmap.full_path(row)
         store_paths.append(full)
         note = str(fmap.notes[row]) if fmap.notes is not None else ""
         attributes = (f'cx="{x:.1f}" cy="{y:.1f}" fill="{colours[label % len(colours)]}" '
@@ -347,6 +352,9 @@ h3{font-size:15px;margin:14px 0 6px}.note{color:#555;font-size:13px}
 table{border-collapse:collapse}.grid td,.grid th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 .grid thead th{background:#f3f3f3}tr.best td{background:#fff6d5;font-weight:600}
 tr.total th,tr.total td{background:#f7f7f7}
+.side{display:flex;flex-wrap:wrap;gap:8px 40px;align-items:flex-start}.side>div{flex:0 1 auto;min-width:0}
+.side .grid td{white-space:nowrap}.side .note{max-width:560px}
+.side h3{margin-top:0}.recipe td{word-break:break-all}
 .recipe th{text-align:left;padding:2px 12px 2px 0;color:#555;font-weight:500}.recipe td{font-family:monospace}
 .confusion th,.confusion td{border:1px solid #ccc;padding:6px 10px;text-align:center;min-width:40px}
 .confusion td.cell{cursor:pointer;font-weight:600}.confusion td.empty{cursor:default;color:#999;font-weight:400}
@@ -362,6 +370,7 @@ figure.thumb figcaption{overflow:hidden;text-overflow:ellipsis;white-space:nowra
 .swatch.ring{border:2px solid #111;width:8px;height:8px}
 circle.pt{opacity:.8}circle.mistake{stroke:#111;stroke-width:1.6;opacity:1}circle.pt:hover{stroke:#000;stroke-width:2}
 #tip{position:fixed;pointer-events:none;background:#fff;border:1px solid #999;padding:6px;font-size:12px;
+word-break:break-all;
 box-shadow:0 2px 8px rgba(0,0,0,.2);max-width:240px;z-index:10}#tip img{display:block;max-width:96px;max-height:96px}
 """
 
@@ -415,7 +424,7 @@ def _wanted_thumbnails(data: ReportData, layout, per_cell: int, issues_shown: in
             wanted[_full_path(data.label_issues.root, path)] = None
     if layout is not None:
         for row in layout.rows:
-            wanted[_full_path(data.feature_map.root, str(data.feature_map.paths[row]))] = None
+            wanted[data.feature_map.full_path(row)] = None
     return wanted
 
 
@@ -436,8 +445,8 @@ def write_report_page(path, data: ReportData, *, per_cell: int = PER_CELL, issue
     if layout is not None:
         sections.append(_section_map(data, layout, thumbs))
     notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in data.notes)
-    built = (f"Built by featx in {time.perf_counter() - started:.1f} s with {thumbs.count} embedded thumbnails; "
-             "this file is self-contained (no network needed).")
+    built = (f"Page written by featx in {time.perf_counter() - started:.1f} s, with {thumbs.count} embedded "
+             "thumbnails; the file is self-contained (no network needed).")
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
