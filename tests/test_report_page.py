@@ -162,13 +162,23 @@ def test_caps_are_kept_and_said(tmp_path):
 
     largest = max(_cell_counts(text).values())
     assert f"showing 3 of {largest} (least confident first)" in text
-    assert re.search(r"up to 3 per cell; \d+ cell\(s\) have more", text)
+    assert re.search(r"up to 3 per cell and 1,200 in all, mistakes first; \d+ cell\(s\) have more", text)
     assert "Showing the top 2" in text
     assert text.count(' data-rule="') == 2
     assert "t-SNE of 50 of 120 rows (a random sample, marked rows first)" in text
     circles = re.findall(r'<circle class="pt( mistake)?"', text)
     assert len(circles) == 50
     assert sum(1 for mark in circles if mark) == min(50, len(issues))  # marked rows are drawn first
+
+    # A budget for all the cells together goes to the mistakes first: 9 images, none of them hits.
+    counts = _cell_counts(text)
+    mistakes = sum(count for cell, count in counts.items() if cell[0] != cell[-1])
+    assert mistakes >= 9
+    text = write_report_page(tmp_path / "budget.html", data, per_cell=3, gallery_budget=9).read_text(encoding="utf-8")
+    shown = {cell: len(re.findall(r'<figure class="thumb"', body)) for cell, body in re.findall(
+        r'<div class="gallery" id="cell-(\d+-\d+)"[^>]*>(.*?)</div></div>', text, re.S)}
+    assert sum(shown.values()) == 9 and all(shown[f"{i}-{i}"] == 0 for i in range(3))
+    assert "up to 3 per cell and 9 in all, mistakes first" in text
 
 
 def test_graded_labels_get_kappa_and_a_grade_error_histogram(tmp_path):

@@ -28,6 +28,7 @@ from featx.report.thumbnails import Thumbnail, make_thumbnails
 __all__ = ["FeatureMap", "Predictions", "ReportData", "write_report_page"]
 
 PER_CELL = 24  # thumbnails per confusion-matrix cell
+GALLERY_BUDGET = 1200  # thumbnails in all the cells together (~3.5 KB each), mistakes first
 ISSUES_SHOWN = 100  # label issues listed on the page (the CSV has them all)
 
 
@@ -157,7 +158,38 @@ def _recipe_value(value) -> str:
     return str(value)
 
 
-def _section_confusion(data: ReportData, thumbs: _Thumbs, per_cell: int) -> str:
+def _even_cap(counts: list[int], per_cell: int, budget: int) -> list[int]:
+    """Images to show per cell: the same cap for all (at most per_cell) within budget, leftovers to the largest."""
+    cap = next(c for c in range(per_cell, -1, -1) if sum(min(count, c) for count in counts) <= budget)
+    shown = [min(count, cap) for count in counts]
+    leftover = budget - sum(shown)
+    for k in sorted(range(len(counts)), key=lambda k: -counts[k]):
+        if leftover <= 0:
+            break
+        if counts[k] > shown[k] and shown[k] < per_cell:
+            shown[k] += 1
+            leftover -= 1
+    return shown
+
+
+def _gallery_rows(test: Predictions, n_classes: int, per_cell: int, budget: int) -> dict[tuple, tuple]:
+    """(count, rows shown) of every non-empty confusion cell: least sure first, at most `per_cell` each and
+    `budget` in all, the mistakes (off-diagonal cells) served before the hits."""
+    members = {}
+    for i in range(n_classes):
+        for j in np.unique(test.y_pred[test.y_true == i]):
+            rows = np.flatnonzero((test.y_true == i) & (test.y_pred == j))
+            members[(i, int(j))] = _least_sure_first(rows, test, int(j))
+    galleries, left = {}, budget
+    for cells in ([c for c in members if c[0] != c[1]], [c for c in members if c[0] == c[1]]):
+        shown = _even_cap([len(members[c]) for c in cells], per_cell, left)
+        for cell, k in zip(cells, shown):
+            galleries[cell] = (len(members[cell]), members[cell][:k])
+        left -= sum(shown)
+    return galleries
+
+
+def _section_confusion(data: ReportData, thumbs: _Thumbs, cell_rows: dict, per_cell: int, budget: int) -> str:
     test, names = data.test, data.class_names
     n = len(names)
     cm = confusion_matrix(test.y_true, test.y_pred, n)
@@ -178,9 +210,8 @@ def _section_confusion(data: ReportData, thumbs: _Thumbs, per_cell: int) -> str:
             cells.append(f'<td class="cell{selected}" data-cell="{i}-{j}" style="{style}" '
                          f'title="true {html.escape(names[i])}, predicted {html.escape(names[j])}: {count}">'
                          f"{count}</td>")
-            members = np.flatnonzero((test.y_true == i) & (test.y_pred == j))
-            shown = _least_sure_first(members, test, j)[:per_cell]
-            capped += len(members) > len(shown)
+            shown = cell_rows[(i, j)][1]
+            capped += count > len(shown)
             figures = "".join(_prediction_figure(row, test, names, thumbs) for row in shown)
             more = (f'<p class="note">showing {len(shown)} of {count} (least confident first)</p>'
                     if count > len(shown) else "")
@@ -195,8 +226,8 @@ def _section_confusion(data: ReportData, thumbs: _Thumbs, per_cell: int) -> str:
     return (
         f'<section id="confusion"><h2>2. Confusion matrix of {html.escape(str(data.best or "the head"))}{source}</h2>'
         f'<p class="note">Rows: true class; columns: predicted. Click a cell to see its images (up to '
-        f"{per_cell} per cell{f'; {capped} cell(s) have more' if capped else ''}); hover an image for its "
-        "path and probabilities.</p>"
+        f"{per_cell} per cell and {budget:,} in all, mistakes first{f'; {capped} cell(s) have more' if capped else ''}"
+        "); hover an image for its path and probabilities.</p>"
         f'<table class="confusion"><thead><tr><th class="corner">true \\ predicted</th>{header}</tr></thead>'
         f'<tbody>{"".join(rows)}</tbody></table>{"".join(galleries)}</section>'
     )
@@ -409,16 +440,12 @@ _SCRIPT = """<script>
 </script>"""
 
 
-def _wanted_thumbnails(data: ReportData, layout, per_cell: int, issues_shown: int) -> dict[str, None]:
+def _wanted_thumbnails(data: ReportData, galleries: dict, layout, issues_shown: int) -> dict[str, None]:
     """Every image the page will show, so they can all be decoded at once, in parallel."""
     wanted: dict[str, None] = {}
-    if data.test is not None:
-        test = data.test
-        for i in np.unique(test.y_true):
-            for j in np.unique(test.y_pred[test.y_true == i]):
-                members = np.flatnonzero((test.y_true == i) & (test.y_pred == j))
-                for row in _least_sure_first(members, test, j)[:per_cell]:
-                    wanted[_full_path(test.root, str(test.paths[row]))] = None
+    for _, rows in galleries.values():
+        for row in rows:
+            wanted[_full_path(data.test.root, str(data.test.paths[row]))] = None
     if data.label_issues is not None:
         for path in data.label_issues.paths[:issues_shown]:
             wanted[_full_path(data.label_issues.root, path)] = None
@@ -428,18 +455,23 @@ def _wanted_thumbnails(data: ReportData, layout, per_cell: int, issues_shown: in
     return wanted
 
 
-def write_report_page(path, data: ReportData, *, per_cell: int = PER_CELL, issues_shown: int = ISSUES_SHOWN,
-                      map_points: int = MAX_POINTS, seed: int = 0) -> Path:
-    """Write the self-contained report page for `data` to `path` (an .html file) and return the path."""
+def write_report_page(path, data: ReportData, *, per_cell: int = PER_CELL, gallery_budget: int = GALLERY_BUDGET,
+                      issues_shown: int = ISSUES_SHOWN, map_points: int = MAX_POINTS, seed: int = 0) -> Path:
+    """Write the self-contained report page for `data` to `path` (an .html file) and return the path.
+
+    per_cell, gallery_budget, issues_shown, map_points: the caps that keep a page of many rows small.
+    """
     started = time.perf_counter()
     layout = None
     if data.feature_map is not None and len(data.feature_map.labels) > 0:
         layout = layout_2d(data.feature_map.features, flagged=data.feature_map.mistakes, max_points=map_points,
                            seed=seed)
-    thumbs = _Thumbs(_wanted_thumbnails(data, layout, per_cell, issues_shown))
+    with_test = data.test is not None and len(data.test.y_true) > 0
+    galleries = _gallery_rows(data.test, len(data.class_names), per_cell, gallery_budget) if with_test else {}
+    thumbs = _Thumbs(_wanted_thumbnails(data, galleries, layout, issues_shown))
     sections = [_section_leaderboard(data)] if data.leaderboard or data.recipe else []
-    if data.test is not None and len(data.test.y_true) > 0:
-        sections += [_section_confusion(data, thumbs, per_cell), _section_per_class(data)]
+    if with_test:
+        sections += [_section_confusion(data, thumbs, galleries, per_cell, gallery_budget), _section_per_class(data)]
     if data.label_issues is not None:
         sections.append(_section_issues(data, thumbs, issues_shown))
     if layout is not None:
