@@ -132,7 +132,8 @@ def _predictions(head, rows: LabelledRows, n_classes: int) -> Predictions:
 
 def _feature_map(train: LabelledRows, test: LabelledRows | None, predictions: Predictions | None,
                  issues: LabelIssues | None, class_names) -> FeatureMap:
-    """Training originals and test rows in one map, each image once; mistakes are misses and label issues."""
+    """The searched rows' and the test rows' originals in one map, each image once; mistakes are misses and
+    likely label errors."""
     entries: dict[str, list] = {}  # full path -> [features, label, mistake, notes, relative path, root]
 
     def add(rows: LabelledRows, index: int, mistake: bool, note: str) -> None:
@@ -147,18 +148,18 @@ def _feature_map(train: LabelledRows, test: LabelledRows | None, predictions: Pr
         if index in suggested:
             add(train, index, True, f"likely label error: looks like {class_names[suggested[index]]}")
         else:
-            add(train, index, False, "training image")
+            add(train, index, False, "")
     if test is not None and predictions is not None:
         for position, index in enumerate(test.originals()):
             guess = int(predictions.y_pred[position])
-            add(test, index, guess != int(test.y[index]), f"test image, predicted {class_names[guess]}")
+            add(test, index, guess != int(test.y[index]), f"predicted {class_names[guess]}")
     values = list(entries.values())
     return FeatureMap(
         features=np.asarray([value[0] for value in values], dtype=np.float32),
         labels=np.array([value[1] for value in values], dtype=np.int64),
         mistakes=np.array([value[2] for value in values], dtype=bool),
         paths=[value[4] for value in values], root=[value[5] for value in values],
-        notes=["; ".join(value[3]) for value in values],
+        notes=["; ".join(note for note in value[3] if note) for value in values],
     )
 
 
@@ -168,7 +169,9 @@ def build_report(page, head, summary: ReportData, train: LabelledRows, test: Lab
     """Write the report page (and the label-issue CSV) for a fitted head.
 
     summary: title, class names, leaderboard, recipe, ...; its test, label issues and map are filled in here.
-    train: the rows the head was trained on (label issues are searched there, out-of-fold).
+    head: fitted on `train`'s rows only if `test` is held out from them (it predicts the confusion matrix);
+    its model is refitted per fold for the label issues.
+    train: the labelled rows to search for label issues, out-of-fold (in train: every labelled row).
     test: held-out rows for the confusion matrix; without them the page has no confusion matrix.
     issues_csv: default `<name>-label-issues.csv` beside `<name>-report.html`.
     """
