@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 
 import cv2
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -159,3 +160,22 @@ def test_augmented_copies_are_judged_as_one_image(tmp_path):
     assert set(listed[: len(planted)]) == planted
     page = result.page.read_text(encoding="utf-8")
     assert page.count('<circle class="pt') == len(given)  # the map shows each image once too
+
+
+def test_a_head_without_probabilities_is_judged_by_logreg(tmp_path):
+    X, given, truth, paths, names = _clear_dataset(tmp_path, per_class=40, moved=4)
+    head = make_pipeline(StandardScaler(), RidgeClassifier()).fit(X, given)
+    assert not hasattr(head, "predict_proba")
+    lines = []
+    rows = LabelledRows(X=X, y=given, paths=paths, root=str(tmp_path / "images"))
+    result = build_report(tmp_path / "ridge-report.html", head, ReportData(title="ridge", class_names=names), rows,
+                          rows, log=lines.append)
+    assert any("finding label issues with a logreg head" in line for line in lines)
+    with open(result.label_issues_csv, newline="", encoding="utf-8") as handle:
+        top = [row["path"] for row in csv.DictReader(handle)][:4]
+    assert {os.path.basename(path) for path in top} == {f"ants_{i:03d}.png" for i in range(4)}
+    # Without probabilities each confusion-cell image is captioned with its prediction instead.
+    page = result.page.read_text(encoding="utf-8")
+    cells = [int(count) for count in re.findall(r'data-cell="\d+-\d+"[^>]*>(\d+)</td>', page)]
+    captions = re.findall(r"<br>predicted (?:ants|bees|wasps)</figcaption>", page)
+    assert len(captions) == sum(min(count, 24) for count in cells) > 0

@@ -169,8 +169,8 @@ def build_report(page, head, summary: ReportData, train: LabelledRows, test: Lab
     """Write the report page (and the label-issue CSV) for a fitted head.
 
     summary: title, class names, leaderboard, recipe, ...; its test, label issues and map are filled in here.
-    head: fitted on `train`'s rows only if `test` is held out from them (it predicts the confusion matrix);
-    its model is refitted per fold for the label issues.
+    head: the fitted head; it predicts `test` for the confusion matrix (so it must not have seen those
+    rows), and its model is refitted per fold for the label issues (logreg's when it has no probabilities).
     train: the labelled rows to search for label issues, out-of-fold (in train: every labelled row).
     test: held-out rows for the confusion matrix; without them the page has no confusion matrix.
     issues_csv: default `<name>-label-issues.csv` beside `<name>-report.html`.
