@@ -304,7 +304,7 @@ def _grade_errors(test: Predictions, names) -> str:
 def _section_issues(data: ReportData, thumbs: _Thumbs, issues_shown: int) -> str:
     issues, names = data.label_issues, data.class_names
     head = ('<section id="label-issues"><h2>4. Likely label errors</h2>'
-            f'<p class="note">{len(issues)} of {issues.n_checked} training images have a given label the model '
+            f'<p class="note">{len(issues)} of {issues.n_checked} labelled images have a given label the model '
             "doubts: out-of-fold, its probability for that label is below the label's threshold (the mean "
             "probability of the images labelled so) while another class reaches its own threshold (rule: "
             "confident joint) or simply gets a higher probability (rule: prediction). Each image shows "
@@ -326,7 +326,6 @@ def _section_issues(data: ReportData, thumbs: _Thumbs, issues_shown: int) -> str
         figures.append(thumbs.figure(_full_path(issues.root, issues.paths[rank]), lines,
                                      _probability_text(issues.probabilities[rank], names), f' data-rule="{rule}"'))
     return f'{head}<div class="thumbs issues">{"".join(figures)}</div></section>'
-
 
 
 def _palette(n: int) -> list[str]:
