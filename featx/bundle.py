@@ -9,31 +9,26 @@ from pathlib import Path
 import skops.io
 from skops.io.exceptions import UntrustedTypesFoundException
 
-import featx
+from featx._version import __version__
+from featx.backbones import list_backbones
 from featx.errors import FeatxError
+from featx.heads import TRUSTED_TYPES
+from featx.recipe import Recipe
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "load_bundle", "save_bundle", "trusted_types"]
+__all__ = ["BUNDLE_FORMAT", "Bundle", "as_bundle", "load_bundle", "save_bundle", "trusted_types"]
 
-BUNDLE_FORMAT = "featx-bundle/1"
-_REQUIRED_KEYS = ("head", "head_name", "label_names", "recipe", "metrics", "graded", "featx_version")
-
-# Types train adds around a featx.heads head (whose own list is featx.heads.TRUSTED_TYPES): the
-# scorers of each --metric and the grouped splitter used when augmented copies share an image.
-# Reviewed by hand. Never extend this from a file's own contents.
-_TRAIN_TYPES = (
-    "sklearn.metrics._classification.accuracy_score",
-    "sklearn.metrics._classification.f1_score",
-    "sklearn.model_selection._split.StratifiedGroupKFold",
-)
+BUNDLE_FORMAT = "featx-bundle/2"
+# featx-bundle/1 held one recipe under "recipe" (weights as one "weights_id" string); still readable.
+_READABLE_FORMATS = ("featx-bundle/1", BUNDLE_FORMAT)
+_REQUIRED_KEYS = ("head", "head_name", "label_names", "metrics", "graded", "featx_version")
 
 
 def trusted_types() -> list[str]:
-    """The fixed list of type names `load_bundle` lets skops construct (besides skops' defaults)."""
-    from featx.heads import TRUSTED_TYPES, quadratic_weighted_kappa
+    """The fixed list of type names `load_bundle` lets skops construct (besides skops' defaults).
 
-    # The --metric qwk scorer, named from the function so a module move in featx.heads follows it.
-    qwk = f"{quadratic_weighted_kappa.__module__}.{quadratic_weighted_kappa.__qualname__}"
-    return sorted({*TRUSTED_TYPES, *_TRAIN_TYPES, qwk})
+    Reviewed by hand in featx.heads; never extended from a file's own contents.
+    """
+    return sorted(set(TRUSTED_TYPES))
 
 
 @dataclass
@@ -42,7 +37,7 @@ class Bundle:
 
     head: object
     label_names: list[str]
-    recipe: dict
+    recipes: list[Recipe]  # one per feature file the head was trained on (several when fused)
     metrics: dict
     head_name: str
     graded: bool
@@ -50,34 +45,47 @@ class Bundle:
     extra: dict = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def recipe(self) -> Recipe | None:
+        """The recipe of a head trained on one feature file (None when that file recorded none)."""
+        if len(self.recipes) > 1:
+            raise FeatxError(f"{self.path or 'this bundle'} was trained on {len(self.recipes)} fused feature files; "
+                             "use .recipes")
+        return self.recipes[0] if self.recipes else None
+
 
 def save_bundle(
     path: str | Path,
     head,
     *,
     label_names,
-    recipe: dict,
+    recipes: list[Recipe],
     metrics: dict,
     head_name: str,
     graded: bool,
     extra: dict | None = None,
 ) -> Path:
-    """Write a fitted head with its label names, feature recipe and test metrics to a .skops file."""
+    """Write a fitted head with its label names, feature recipe(s) and test metrics to a .skops file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     content = {
         "format": BUNDLE_FORMAT,
-        "featx_version": featx.__version__,
+        "featx_version": __version__,
         "head": head,
         "head_name": str(head_name),
         "label_names": [str(name) for name in label_names],
-        "recipe": dict(recipe),
+        "recipes": [recipe.to_attrs() for recipe in recipes],
         "metrics": dict(metrics),
         "graded": bool(graded),
         "extra": dict(extra or {}),
     }
     skops.io.dump(content, path)
     return path
+
+
+def as_bundle(bundle) -> Bundle:
+    """A Bundle as given, or loaded from its path."""
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -96,8 +104,12 @@ def load_bundle(path: str | Path) -> Bundle:
         raise FeatxError(
             f"{path} is not a readable featx model bundle ({type(error).__name__}); retrain it with `featx train`"
         ) from None
-    if not isinstance(content, dict) or content.get("format") != BUNDLE_FORMAT:
+    fmt = content.get("format") if isinstance(content, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith("featx-bundle/"):
         raise FeatxError(f"{path} is not a featx model bundle; pass a .skops file written by `featx train`")
+    if fmt not in _READABLE_FORMATS:
+        raise FeatxError(f"{path} is a {fmt} bundle, newer than this featx {__version__} reads "
+                         f"({', '.join(_READABLE_FORMATS)}); upgrade featx (pip install -U featx)")
     missing = [key for key in _REQUIRED_KEYS if key not in content]
     if missing:
         raise FeatxError(
@@ -106,7 +118,7 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(
         head=content["head"],
         label_names=list(content["label_names"]),
-        recipe=dict(content["recipe"]),
+        recipes=_recipes(content, path),
         metrics=dict(content["metrics"]),
         head_name=content["head_name"],
         graded=bool(content["graded"]),
@@ -120,3 +132,17 @@ def _untrusted_names(error: Exception) -> str:
     text = str(error)
     # skops words it as "Untrusted types found in the file: [...]"; keep just the list.
     return text.split(":", 1)[1].strip().rstrip(".") if ":" in text else text
+
+
+def _recipes(content: dict, path: Path) -> list[Recipe]:
+    # A head trained on a file without a recipe (a seeds-style file) has none: it can be evaluated,
+    # but predict cannot repeat an extraction it knows nothing about.
+    recorded = content.get("recipes", [content["recipe"]] if content.get("recipe") else [])
+    recipes = [Recipe.from_attrs(attrs) if isinstance(attrs, dict) else None for attrs in recorded]
+    if any(recipe is None for recipe in recipes):
+        raise FeatxError(f"{path} holds a damaged feature recipe; retrain it with `featx train`")
+    unknown = [recipe.backbone for recipe in recipes if recipe.backbone not in list_backbones()]
+    if unknown:
+        raise FeatxError(f"{path} was trained on features of backbone {unknown[0]!r}, which this featx does not "
+                         "know (`featx backbones` lists them); use the featx version that made it")
+    return recipes

@@ -1,4 +1,8 @@
-"""The `featx` command: parses arguments and calls the library, nothing more."""
+"""The `featx` command: parses arguments and calls the library, nothing more.
+
+Each command imports its part of the library when it runs, so `featx extract` never loads
+scikit-learn and `featx --help` loads neither it nor TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -49,20 +53,20 @@ def _cmd_train(args):
 
     result = train(
         args.features, test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
-        class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None, jobs=args.jobs,
-        output=args.output, seed=args.seed,
+        class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None, n_jobs=args.n_jobs,
+        output=args.output, seed=args.seed, progress=not args.quiet,
     )
     print(result)
 
 
 def _cmd_evaluate(args):
-    from featx.train import evaluate
+    from featx.evaluate import evaluate
 
     print(evaluate(args.bundle, args.features))
 
 
 def _cmd_predict(args):
-    from featx.train import predict
+    from featx.predict import predict
 
     result = predict(args.bundle, args.images, output=args.output, batch_size=args.batch_size)
     print(result)
@@ -120,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class-weight", choices=["balanced"])
     s.add_argument("--metric", default="accuracy", choices=["accuracy", "f1_macro", "qwk"])
     s.add_argument("--ordinal", action="store_true", help="treat classes as ordered grades")
-    s.add_argument("--jobs", type=int, default=1)
+    s.add_argument("-j", "--n-jobs", "--jobs", dest="n_jobs", type=int, help="parallel fits (default: all cores)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", default="models", help="folder for model bundles (default: models/)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress line while a head fits")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="report a saved model on another feature file")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from featx.predict import predict
+from featx.runner import extract
+from featx.train import train
 
 # Not bare "0".."9": integer class names would make featx treat the digits as ordered grades.
 DIGIT_NAMES = [f"{d}_{w}" for d, w in enumerate(
@@ -19,10 +26,6 @@ def write_digits(root, *, test_fraction=0.2, seed=0, size=32) -> tuple[int, int]
 
     Deterministic: the same files every time. Returns (train images, test images).
     """
-    import cv2
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     root = Path(root)
     digits = load_digits()
     images = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
@@ -45,42 +48,39 @@ def write_digits(root, *, test_fraction=0.2, seed=0, size=32) -> tuple[int, int]
 
 
 def run_demo(workdir=".", *, backbone="efficientnet_lite0", weights="auto", image_size=None,
-             heads=DEMO_HEADS, progress=True, echo=print):
+             heads=DEMO_HEADS, progress=True, log=print):
     """Dataset -> features -> heads -> bundle -> predictions, saying at each step where outputs go."""
-    from featx.runner import extract
-    from featx.train import predict, train
-
     work = Path(workdir)
     t0 = time.perf_counter()
     data = work / "datasets" / "digits"
-    echo(f"[1/4] writing scikit-learn's handwritten digits as PNG class folders under {data}/")
+    log(f"[1/4] writing scikit-learn's handwritten digits as PNG class folders under {data}/")
     n_train, n_test = write_digits(data)
-    echo(f"      {n_train} training images in {data / 'train'}/, {n_test} held out in {data / 'test'}/")
+    log(f"      {n_train} training images in {data / 'train'}/, {n_test} held out in {data / 'test'}/")
 
     features = work / "features" / "digits.h5"
-    echo(f"[2/4] extracting features with {backbone} into {features.parent}/ "
+    log(f"[2/4] extracting features with {backbone} into {features.parent}/ "
          "(rerunning reuses what is already there)")
     result = extract(data, features, backbone=backbone, weights=weights, image_size=image_size,
-                     progress=progress, echo=echo)
-    echo(str(result))
+                     progress=progress, log=log)
+    log(str(result))
     train_file = next(f.output for f in result.files if f.split == "train")
     test_file = next(f.output for f in result.files if f.split == "test")
 
     models = work / "models"
-    echo(f"[3/4] training heads {', '.join(heads)} on {train_file}, testing on {test_file}")
-    trained = train(train_file, test=test_file, heads=list(heads), output=models, log=echo)
-    echo(str(trained))
+    log(f"[3/4] training heads {', '.join(heads)} on {train_file}, testing on {test_file}")
+    trained = train(train_file, test=test_file, heads=list(heads), output=models, progress=progress, log=log)
+    log(str(trained))
     bundle = trained.bundles[trained.best]
-    echo(f"      best head: {trained.best}; bundle saved as {bundle}")
+    log(f"      best head: {trained.best}; bundle saved as {bundle}")
 
     csv_path = work / "predictions.csv"
-    echo(f"[4/4] predicting the held-out images with {bundle} into {csv_path}")
-    predicted = predict(bundle, [data / "test"], output=csv_path, log=echo)
+    log(f"[4/4] predicting the held-out images with {bundle} into {csv_path}")
+    predicted = predict(bundle, [data / "test"], output=csv_path, log=log)
     total = len(predicted.rows)
     correct = sum(Path(row["path"]).parent.name == row["predicted"] for row in predicted.rows)
     accuracy = correct / total if total else 0.0
-    echo(f"      predictions: {predicted.output} ({total} images); accuracy against the folder names: "
+    log(f"      predictions: {predicted.output} ({total} images); accuracy against the folder names: "
          f"{accuracy:.3f} ({correct}/{total})")
-    echo(f"done in {time.perf_counter() - t0:.0f} s. Next: `featx info {train_file}`, "
+    log(f"done in {time.perf_counter() - t0:.0f} s. Next: `featx info {train_file}`, "
          f"`featx predict {bundle} YOUR_IMAGES`.")
     return accuracy

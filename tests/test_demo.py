@@ -28,7 +28,7 @@ def test_demo_runs_the_whole_pipeline_and_reuses_features(tmp_path):
     # Random weights at a small size keep this fast; the real run uses the packaged ImageNet weights.
     lines = []
     accuracy = run_demo(tmp_path, weights="none", image_size=32, heads=("mlp",), progress=False,
-                        echo=lines.append)
+                        log=lines.append)
     text = "\n".join(lines)
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
         assert step in text
@@ -44,5 +44,5 @@ def test_demo_runs_the_whole_pipeline_and_reuses_features(tmp_path):
     assert accuracy > 0.3  # far above chance (0.1) even with random convolution weights
 
     lines.clear()
-    run_demo(tmp_path, weights="none", image_size=32, heads=("mlp",), progress=False, echo=lines.append)
+    run_demo(tmp_path, weights="none", image_size=32, heads=("mlp",), progress=False, log=lines.append)
     assert "already done" in "\n".join(lines)  # the second run resumes instead of re-extracting

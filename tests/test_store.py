@@ -37,7 +37,7 @@ def make_rows(n, start=0):
     return rows.astype(np.float32)
 
 
-def write_file(path, n=len(PATHS), buf_size=7, **kwargs):
+def write_file(path, n=len(PATHS), buf_size=7, **kwargs):  # noqa: B008 - PATHS is a constant
     writer = HDF5DatasetWriter((n, DIM), path, bufSize=buf_size, **kwargs)
     writer.storeClassLabels(CLASSES)
     for start in range(0, n, 3):
@@ -347,7 +347,8 @@ def test_describe_reports_what_was_written(tmp_path):
     writer.close(complete=False)
     text = describe(path)
     for expected in ["rows: 21", "feature dim: 5 (float32", "classes: 3", "ants   7", "bees   7",
-                     "wasps  6", "(unlabeled)  1", "backbone: resnet50", "weights: keras-cache:resnet50.h5 sha256:abc123",
+                     "wasps  6", "(unlabeled)  1", "backbone: resnet50",
+                     "weights: keras-cache:resnet50.h5 sha256:abc123",
                      "pooling: avg", "image size: 224", "INCOMPLETE", "skipped files: 7",
                      "broken/0.gif: cannot decode", "... and 2 more", "featx_version: "]:
         assert expected in text, expected

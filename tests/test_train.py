@@ -1,21 +1,22 @@
-"""Stage 2 through its public entry points: train, evaluate, predict, and the model bundle."""
+"""Stage 2 through its public entry points: train, evaluate, and the model bundle."""
 
 from __future__ import annotations
 
-import csv
 import os
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 import skops.io
 
-from featx.bundle import load_bundle, save_bundle, trusted_types
-from featx.errors import FeatxError
-from featx.store import HDF5DatasetWriter
-from featx.train import evaluate, grouped_train_test_split, predict, train
+from featx import FeatxError, HDF5DatasetWriter, Recipe, evaluate, load_bundle, train
+from featx.bundle import save_bundle, trusted_types
+from featx.heads import fit_head, make_head
+from featx.rows import grouped_train_test_split
 
-RECIPE = dict(backbone="efficientnet_lite0", weights_id="none (random init, seed 0)", pooling="avg", image_size=64)
+RECIPE = Recipe(backbone="efficientnet_lite0", weights_source="none (random init, seed 0)", image_size=64,
+                preprocessing="rgb (x-127)/128")
 DIM = 64
 
 
@@ -29,9 +30,8 @@ def separable(n_per_class, n_classes, *, seed=0, dim=DIM):
 
 
 def write_features(path, rows, labels, names, *, paths=None, aug=None, **recipe):
-    attrs = {**RECIPE, **recipe}
-    writer = HDF5DatasetWriter(rows.shape, str(path), dataKey="features", attrs=attrs)
-    writer.storeClassLabels(names)
+    writer = HDF5DatasetWriter(rows.shape, path, recipe=RECIPE.replace(**recipe))
+    writer.store_class_labels(names)
     if paths is None:
         paths = [f"{names[label] if label >= 0 else 'unlabelled'}/img{i:04d}.png" for i, label in enumerate(labels)]
     writer.add(rows, np.asarray(labels, dtype=np.int64), paths=paths, aug=aug)
@@ -75,12 +75,11 @@ def test_train_reports_every_head_and_saves_loadable_bundles(three_classes):
         bundle = load_bundle(path)
         assert bundle.head_name == head
         assert bundle.label_names == ["circle", "square", "triangle"]
-        assert bundle.recipe["backbone"] == "efficientnet_lite0" and int(bundle.recipe["image_size"]) == 64
+        assert bundle.recipes == [RECIPE]
         assert bundle.graded is False
         rows, labels = separable(2, 3)
         assert list(bundle.head.predict(rows)) == list(labels)
     text = str(result)
-    assert text == result.render()
     assert "accuracy" in text and "classification report" in text and "triangle" in text
     assert f"best head by accuracy: {result.best}" in text
 
@@ -105,7 +104,7 @@ def test_evaluate_refuses_features_of_another_recipe(three_classes, tmp_path):
     result = three_classes[0]
     rows, labels = separable(4, 3)
     other = write_features(tmp_path / "big.h5", rows, labels, ["circle", "square", "triangle"], image_size=96)
-    with pytest.raises(FeatxError, match=r"image_size.*96.*64"):
+    with pytest.raises(FeatxError, match=r"made differently from the model's \(image_size: 64 vs 96\)"):
         evaluate(result.bundles["logreg"], other)
 
 
@@ -113,8 +112,29 @@ def test_train_refuses_a_test_file_of_another_backbone(three_classes, tmp_path):
     _, features, _, _ = three_classes
     rows, labels = separable(4, 3)
     other = write_features(tmp_path / "resnet.h5", rows, labels, ["circle", "square", "triangle"], backbone="resnet50")
-    with pytest.raises(FeatxError, match="backbone"):
+    with pytest.raises(FeatxError, match="backbone: 'efficientnet_lite0' vs 'resnet50'"):
         train(features, test=other, output=tmp_path / "models", log=lambda message: None)
+    cropped = write_features(tmp_path / "crop.h5", rows, labels, ["circle", "square", "triangle"], resize="crop")
+    with pytest.raises(FeatxError, match="resize: 'stretch' vs 'crop'"):
+        train(features, test=cropped, output=tmp_path / "models", log=lambda message: None)
+    with pytest.raises(FeatxError, match="resize: 'stretch' vs 'crop'"):  # evaluate asks the same question
+        evaluate(three_classes[0].bundles["logreg"], cropped)
+
+
+def test_train_with_a_test_file_holding_fewer_classes(three_classes, tmp_path):
+    _, features, _, _ = three_classes
+    rows, labels = separable(6, 3, seed=0)  # the training file's class centres
+    keep = labels != 1  # no squares in this test folder
+    fewer = write_features(tmp_path / "fewer.h5", rows[keep], np.array([0, 1])[labels[keep] // 2],
+                           ["circle", "triangle"])
+    result = train(features, test=fewer, output=tmp_path / "models", bootstrap=0, log=lambda message: None)
+    assert result.label_names == ["circle", "square", "triangle"]  # the training file's classes
+    assert result.rows[0]["accuracy"] == 1.0
+    bundle = load_bundle(result.bundles["logreg"])
+    assert bundle.extra["test_rows"] == 12 and bundle.label_names == ["circle", "square", "triangle"]
+    unknown = write_features(tmp_path / "unknown.h5", rows[:4], np.array([0, 0, 1, 1]), ["circle", "hexagon"])
+    with pytest.raises(FeatxError, match="class\\(es\\) hexagon that the model does not know"):
+        train(features, test=unknown, output=tmp_path / "models", log=lambda message: None)
 
 
 def test_grouped_split_keeps_augmented_copies_together():
@@ -278,65 +298,61 @@ def test_load_bundle_refuses_untrusted_missing_and_corrupt_files(tmp_path):
         load_bundle(incomplete)
 
 
+def test_load_bundle_refuses_a_newer_format_and_an_unknown_backbone(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rows, labels = separable(5, 2, dim=4)
+    head = LogisticRegression().fit(rows, labels)
+    good = save_bundle(tmp_path / "good.skops", head, label_names=["a", "b"], recipes=[RECIPE], metrics={},
+                       head_name="logreg", graded=False)
+    content = skops.io.load(good, trusted=trusted_types())
+    newer = tmp_path / "newer.skops"
+    skops.io.dump({**content, "format": "featx-bundle/9"}, newer)
+    with pytest.raises(FeatxError, match="featx-bundle/9 bundle, newer than this featx .*upgrade featx"):
+        load_bundle(newer)
+    unknown = tmp_path / "unknown.skops"
+    skops.io.dump({**content, "recipes": [RECIPE.replace(backbone="resnet9000").to_attrs()]}, unknown)
+    with pytest.raises(FeatxError, match="backbone 'resnet9000', which this featx does not know"):
+        load_bundle(unknown)
+    # A featx-bundle/1 file (one recipe, weights as one string) still loads.
+    old = tmp_path / "old.skops"
+    legacy = {key: value for key, value in RECIPE.to_attrs().items() if not key.startswith("weights_")}
+    skops.io.dump({**{k: v for k, v in content.items() if k != "recipes"}, "format": "featx-bundle/1",
+                   "recipe": {**legacy, "weights_id": "none (random init, seed 0)"}}, old)
+    assert load_bundle(old).recipe == RECIPE
+
+
+def test_saved_heads_are_refitted_on_all_rows_after_scoring(three_classes, tmp_path):
+    result, features, validation, _ = three_classes
+    assert result.refit_rows == 48 and "refitted on all 48 labelled rows" in str(result)
+    with h5py.File(features, "r") as f:
+        labelled = f["labels"][:] >= 0
+        X, y = f["features"][:][labelled], f["labels"][:][labelled]
+    for name in ("logreg", "svm"):
+        saved = load_bundle(result.bundles[name]).head
+        assert saved is not result.models[name] and type(saved) is type(result.models[name])
+        on_all_rows = fit_head(make_head(name, n_classes=3), X, y)
+        np.testing.assert_allclose(saved.predict_proba(X), on_all_rows.predict_proba(X), atol=1e-6)
+        np.testing.assert_allclose(result.models[name].predict_proba(X), on_all_rows.predict_proba(X), atol=1e-6)
+    # With a separate test file the training file is all the data: heads are saved as scored.
+    with_test = train(features, test=validation, output=tmp_path / "models", bootstrap=0, log=lambda m: None)
+    assert with_test.refit_rows is None and "bundles: the heads as scored" in str(with_test)
+    saved = load_bundle(with_test.bundles["logreg"]).head
+    np.testing.assert_allclose(saved.predict_proba(X), fit_head(make_head("logreg", n_classes=3), X, y)
+                               .predict_proba(X), atol=1e-6)
+
+
 def test_save_bundle_round_trips_metadata(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     rows, labels = separable(5, 2, dim=4)
     head = LogisticRegression().fit(rows, labels)
-    path = save_bundle(tmp_path / "m.skops", head, label_names=["a", "b"], recipe=RECIPE,
+    path = save_bundle(tmp_path / "m.skops", head, label_names=["a", "b"], recipes=[RECIPE],
                        metrics={"accuracy": 1.0, "accuracy_ci": [0.9, 1.0]}, head_name="logreg", graded=False,
                        extra={"seed": 0})
     bundle = load_bundle(path)
     assert bundle.metrics["accuracy_ci"] == [0.9, 1.0] and bundle.extra == {"seed": 0}
-    assert bundle.recipe == RECIPE and bundle.featx_version
-
-
-# ------------------------------------------------------------------------------ predict, from real images
-
-
-def _write_images(folder, brightness, count, seed):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    for i in range(count):
-        image = np.clip(rng.normal(brightness, 12, size=(48, 48, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"{i}.png"), image)
-
-
-def test_predict_round_trip_from_real_images(tmp_path):
-    from featx.backbones import get_backbone
-    from featx.runner import features_for_files
-
-    data = tmp_path / "images"
-    _write_images(data / "dark", 30, 8, seed=0)
-    _write_images(data / "bright", 225, 8, seed=1)
-    names = ["bright", "dark"]
-    files = sorted(str(p) for p in data.rglob("*.png"))
-    backbone = get_backbone("efficientnet_lite0", weights="none", image_size=64)
-    rows, kept, skipped = features_for_files(files, backbone)
-    assert not skipped
-    labels = [names.index(os.path.basename(os.path.dirname(path))) for path in kept]
-    writer = HDF5DatasetWriter(rows.shape, str(tmp_path / "light.h5"), dataKey="features", attrs=backbone.recipe())
-    writer.storeClassLabels(names)
-    writer.add(rows, np.array(labels), paths=[os.path.relpath(p, data) for p in kept])
-    writer.close()
-    result = train(tmp_path / "light.h5", output=tmp_path / "models", bootstrap=0, log=lambda message: None)
-
-    (data / "broken.png").write_bytes(b"not an image")
-    predicted = predict(result.bundles["logreg"], [data / "dark", data / "bright", data / "broken.png"],
-                        output=tmp_path / "out" / "predictions.csv", log=lambda message: None)
-    assert [path for path, _ in predicted.skipped] == [str(data / "broken.png")]
-    with open(predicted.output, newline="") as handle:
-        table = list(csv.DictReader(handle))
-    assert list(table[0]) == ["path", "predicted", "p_bright", "p_dark"]
-    assert len(table) == 16
-    for row in table:
-        truth = os.path.basename(os.path.dirname(row["path"]))
-        assert row["predicted"] == truth
-        assert float(row[f"p_{truth}"]) > 0.5
-        assert abs(float(row["p_bright"]) + float(row["p_dark"]) - 1.0) < 1e-4
-    with pytest.raises(FeatxError, match="could be decoded"):
-        predict(result.bundles["logreg"], [data / "broken.png"], output=tmp_path / "none.csv", log=lambda m: None)
-
+    assert bundle.recipe == RECIPE and bundle.recipes == [RECIPE] and bundle.featx_version
 
 
 def test_logreg_chooses_c_by_log_loss_so_clear_cases_get_confident_probabilities(tmp_path):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.errors import FeatxError
 from featx.backbones.torch_legacy import load_legacy
+from featx.errors import FeatxError
 
 BATCH_NORM_EPSILON = 1e-3
 STEM_FILTERS = 32  # Lite keeps stem and head widths fixed, unlike EfficientNet

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -264,7 +263,7 @@ def find_or_download(name: str, weights_file: WeightsFile) -> Path:
     target = cache_candidates(weights_file.file_name)[0]
     try:
         _download(weights_file, target)
-    except (OSError, urllib.error.URLError, socket.timeout, ValueError) as error:
+    except (TimeoutError, OSError, urllib.error.URLError, ValueError) as error:
         raise FeatxError(
             f"ImageNet weights for {name} are not on this machine and could not be downloaded "
             f"({_short_reason(error)}): on a connected machine fetch {weights_file.url} and copy it to "

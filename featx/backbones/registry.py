@@ -281,7 +281,8 @@ def _keras_constructor(name, image_size, path):
     try:
         return keras_apps.build_model(name, image_size, path)
     except ValueError as error:  # e.g. an image size the architecture cannot take
-        raise FeatxError(f"cannot build {name} at image_size {image_size}: {' '.join(str(error).split())[:160]}") from error
+        reason = " ".join(str(error).split())[:160]
+        raise FeatxError(f"cannot build {name} at image_size {image_size}: {reason}") from error
 
 
 def _keras_classifier(name):
@@ -300,7 +301,7 @@ def _pooled_model(base, name, pooling, layer):
         try:
             features = base.get_layer(layer).output
         except ValueError:
-            maps = [l.name for l in base.layers if len(getattr(l.output, "shape", ())) == 4]
+            maps = [each.name for each in base.layers if len(getattr(each.output, "shape", ())) == 4]
             raise FeatxError(f"{name} has no layer {layer!r}; its last feature-map layers are "
                              f"{', '.join(maps[-4:])}") from None
     if len(features.shape) != 4:

@@ -132,7 +132,8 @@ class HDF5DatasetWriter:
         if self.mode == "w-" and (exists or shards):
             what = self.output_path if exists else f"an unfinished extraction at {self._parts}"
             raise FeatxError(
-                f"{what} already exists; rerun `featx extract` to continue it (it resumes), or pass --overwrite to start over"
+                f"{what} already exists; rerun `featx extract` to continue it (it resumes), "
+                "or pass --overwrite to start over"
             )
         if self.mode == "w":
             if exists:

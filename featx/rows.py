@@ -1,0 +1,125 @@
+"""Labelled rows of feature files, in memory, for stage 2: class order, reading, splitting.
+
+Every stage-2 command (train, evaluate, compare, report) reads rows the same way: labels are
+mapped onto one class list by name, source images (the grouping key) come from the paths, and
+scores are measured on original images only, never on augmented copies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from featx.errors import FeatxError
+from featx.store import FeatureStore
+
+__all__ = ["Rows", "class_order", "grouped_train_test_split", "integer_names", "read_rows", "smallest_class"]
+
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass
+class Rows:
+    """Labelled rows: features, class indices in the training class order, and where each came from."""
+
+    X: np.ndarray  # (n, D) float32
+    y: np.ndarray  # class index of each row
+    groups: np.ndarray  # source image of each row: augmented copies share it
+    aug: np.ndarray  # 0 = the original image, k = its k-th augmented copy
+    paths: np.ndarray  # relative image path of each row ("" when the file has none)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, rows) -> Rows:
+        return Rows(X=self.X[rows], y=self.y[rows], groups=self.groups[rows], aug=self.aug[rows],
+                    paths=self.paths[rows])
+
+    def originals(self) -> Rows:
+        """Only the rows of original images: scores are measured on those, never on augmented copies."""
+        return self.subset(np.flatnonzero(self.aug == 0)) if (self.aug > 0).any() else self
+
+    @property
+    def grouped(self) -> bool:
+        """True when some rows share a source image (augmented copies): splits must keep them together."""
+        return len(np.unique(self.groups)) < len(self.groups)
+
+
+def integer_names(names: Sequence[str]) -> bool:
+    """True when every class name is an integer: such names are grades."""
+    return bool(names) and all(_INTEGER.match(str(name).strip()) for name in names)
+
+
+def class_order(label_names: Sequence[str], ordinal: bool | None) -> tuple[list[str], bool]:
+    """Class names in training order, and whether they are graded (ordered) labels."""
+    names = [str(name) for name in label_names]
+    if integer_names(names):
+        # "10" must come after "9": grade order is numeric, whatever order the file stored.
+        names = sorted(names, key=lambda name: int(name.strip()))
+        return names, ordinal is not False
+    return names, bool(ordinal)
+
+
+def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[str], object]) -> Rows:
+    """A store's labelled rows, in memory, with labels mapped onto `class_names` by name."""
+    labels = np.asarray(store.labels, dtype=np.int64)
+    labelled = labels >= 0
+    if (~labelled).any():
+        log(f"{store.path}: leaving out {int((~labelled).sum())} unlabelled row(s)")
+    file_names = [str(name) for name in store.label_names]
+    if labelled.any() and not file_names:
+        raise FeatxError(f"{store.path} has labels without class names; re-extract it with `featx extract`")
+    position = {name: i for i, name in enumerate(class_names)}
+    to_class = np.array([position.get(name, -1) for name in file_names], dtype=np.int64)
+    mapped = np.full(len(labels), -1, dtype=np.int64)
+    mapped[labelled] = to_class[labels[labelled]]
+    unknown = labelled & (mapped < 0)
+    if unknown.any():
+        missing = sorted({file_names[i] for i in labels[unknown]})
+        raise FeatxError(
+            f"{store.path} has class(es) {', '.join(missing)} that the model does not know "
+            f"(known: {', '.join(class_names)}); use feature files with the same class folders"
+        )
+    rows = np.flatnonzero(labelled)
+    # One contiguous read, then select: much faster than h5py's fancy indexing; heads need it all in memory.
+    X = _finite(np.asarray(store.features[:], dtype=np.float32), store.path)
+    paths = np.array(store.paths if len(store.paths) == len(labels) else [""] * len(labels), dtype=object)
+    groups = np.array([path or f"<row {i}>" for i, path in enumerate(paths)], dtype=object)
+    aug = np.zeros(len(labels), dtype=np.int64) if store.aug is None else np.asarray(store.aug, dtype=np.int64)
+    every = Rows(X=X, y=mapped, groups=groups, aug=aug, paths=paths)
+    return every if len(rows) == len(labels) else every.subset(rows)
+
+
+def _finite(X: np.ndarray, source) -> np.ndarray:
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise FeatxError(f"{source} has {int(bad.sum())} row(s) with NaN or infinite features (first: row "
+                         f"{int(np.flatnonzero(bad)[0])}); re-extract it with `featx extract --overwrite`")
+    return X
+
+
+def grouped_train_test_split(y, groups, *, test_size: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test): seeded, stratified by class, whole source images on one side."""
+    keys, first_row, group_of_row = np.unique(groups, return_index=True, return_inverse=True)
+    try:
+        train_groups, test_groups = train_test_split(
+            np.arange(len(keys)), test_size=test_size, stratify=y[first_row], random_state=seed
+        )
+    except ValueError as error:
+        raise FeatxError(
+            f"cannot hold out {test_size:.0%} of {len(keys)} images stratified by class ({error}); "
+            "add images, change --test-size, or pass a separate --test file"
+        ) from None
+    in_test = np.isin(group_of_row, test_groups)
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
+
+
+def smallest_class(y, groups) -> tuple[int, int]:
+    """(class index, source images) of the labelled class with the fewest source images."""
+    counts = {int(index): len(np.unique(groups[y == index])) for index in np.unique(y)}
+    index = min(counts, key=counts.get)
+    return index, counts[index]

@@ -1,0 +1,62 @@
+"""A head's test predictions -> its leaderboard row (metrics with intervals) and its detailed report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+from sklearn.metrics import classification_report
+
+from featx.report import (
+    accuracy,
+    bootstrap_ci,
+    confusion_matrix,
+    confusion_text,
+    f1_macro,
+    quadratic_weighted_kappa,
+)
+
+__all__ = ["METRICS", "best_head", "details", "score_row"]
+
+METRICS = ("accuracy", "f1_macro", "qwk")
+
+
+def score_row(y_true, y_pred, *, n_classes: int, with_qwk: bool, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """accuracy, macro F1 and (optionally) QWK on the test rows, each with a 95% bootstrap interval."""
+    metric_fns = {
+        "accuracy": accuracy,
+        # Classes fixed on the full test set: a resample that misses a class still averages over it.
+        "f1_macro": partial(f1_macro, labels=np.union1d(y_true, y_pred)),
+    }
+    if with_qwk:
+        metric_fns["qwk"] = partial(quadratic_weighted_kappa, labels=np.arange(n_classes))
+    row = {}
+    for key, fn in metric_fns.items():
+        row[key] = float(fn(y_true, y_pred))
+        row[f"{key}_ci"] = list(bootstrap_ci(y_true, y_pred, fn, n=bootstrap, seed=seed)) if bootstrap else None
+    return row
+
+
+def details(head_name: str, y_true, y_pred, class_names: Sequence[str]) -> tuple[str, np.ndarray]:
+    """scikit-learn's classification report and the confusion matrix, as text, and the matrix."""
+    present = np.union1d(y_true, y_pred)
+    report = classification_report(
+        y_true, y_pred, labels=present, target_names=[class_names[i] for i in present], digits=3, zero_division=0
+    )
+    cm = confusion_matrix(y_true, y_pred, len(class_names))
+    text = (
+        f"classification report ({head_name}):\n{report.rstrip()}\n\n"
+        f"confusion matrix ({head_name}; rows: true class, columns: predicted):\n{confusion_text(cm, class_names)}"
+    )
+    return text, cm
+
+
+def best_head(rows: Sequence[dict], metric: str) -> str:
+    """The head with the highest test `metric`; the first of equals (the order asked for) wins."""
+    def score(row):
+        value = row.get(metric)
+        return -math.inf if value is None or not math.isfinite(value) else value
+
+    return max(rows, key=score)["head"]
