@@ -17,8 +17,8 @@ import pytest
 from featx import FeatxError
 from featx import runner as extract_mod
 from featx.backbones import get_backbone
-from featx.runner import extract, features_for_files
 from featx.images import load_image, resize, tta_flip
+from featx.runner import extract, features_for_files
 from featx.store import FeatureStore, HDF5DatasetWriter
 
 SIZE = 48  # small inputs keep random-weight backbones fast; the plumbing is the same at 224
