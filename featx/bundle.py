@@ -13,7 +13,7 @@ from featx._version import __version__
 from featx.backbones import list_backbones
 from featx.errors import FeatxError
 from featx.heads import TRUSTED_TYPES
-from featx.recipe import Recipe
+from featx.recipe import FEATURE_KEYS, Recipe, mismatch
 
 __all__ = ["BUNDLE_FORMAT", "Bundle", "as_bundle", "load_bundle", "save_bundle", "trusted_types"]
 
@@ -52,6 +52,20 @@ class Bundle:
             raise FeatxError(f"{self.path or 'this bundle'} was trained on {len(self.recipes)} fused feature files; "
                              "use .recipes")
         return self.recipes[0] if self.recipes else None
+
+    def check_features(self, store) -> None:
+        """Refuse a feature file (a FeatureStore) that is not the space this head was trained in."""
+        if len(self.recipes) > 1:
+            raise FeatxError(f"{self.path} was trained on {len(self.recipes)} fused feature files; "
+                             "give it the same files, fused")
+        differences = mismatch(self.recipe, store.recipe, FEATURE_KEYS)
+        if differences:
+            raise FeatxError(f"{store.path} holds features made differently from the model's ({differences}); "
+                             "extract features with the model's recipe")
+        expected = getattr(self.head, "n_features_in_", None)
+        if expected is not None and store.dim != expected:
+            raise FeatxError(f"{store.path} has {store.dim} features per row but the model expects {expected}; "
+                             "extract features with the model's recipe")
 
 
 def save_bundle(

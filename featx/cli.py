@@ -54,9 +54,15 @@ def _cmd_train(args):
     result = train(
         args.features, test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
         class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None, n_jobs=args.n_jobs,
-        output=args.output, seed=args.seed, progress=not args.quiet,
+        output=args.output, seed=args.seed, progress=not args.quiet, report=not args.no_report,
     )
     print(result)
+
+
+def _cmd_report(args):
+    from featx.report import report
+
+    report(args.bundle, args.features, output=args.output)
 
 
 def _cmd_evaluate(args):
@@ -128,12 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", default="models", help="folder for model bundles (default: models/)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line while a head fits")
+    s.add_argument("--no-report", action="store_true", help="skip the HTML report page and label-issue CSV")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="report a saved model on another feature file")
     s.add_argument("bundle")
     s.add_argument("features")
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("report", help="an HTML page of a bundle on a labelled feature file, with likely label errors")
+    s.add_argument("bundle")
+    s.add_argument("features")
+    s.add_argument("-o", "--output", help="folder or .html file (default: beside the bundle)")
+    s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("predict", help="predict classes of new images to a CSV")
     s.add_argument("bundle")

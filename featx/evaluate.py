@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.bundle import Bundle, as_bundle
+from featx.bundle import as_bundle
 from featx.errors import FeatxError
-from featx.recipe import FEATURE_KEYS, mismatch
 from featx.report import leaderboard_table
 from featx.rows import read_rows
 from featx.scoring import details, score_row
@@ -41,7 +40,7 @@ def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], ob
     model = as_bundle(bundle)
     features = Path(features)
     with FeatureStore(features) as store:
-        check_bundle_features(model, store)
+        model.check_features(store)
         data = read_rows(store, model.label_names, log).originals()
     if len(data) == 0:
         raise FeatxError(f"{features} has no labelled images to evaluate on; use `featx predict` for unlabelled images")
@@ -54,18 +53,3 @@ def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], ob
     report = "\n".join([f"{model.path or model.head_name} on {features} ({len(data)} images)",
                         leaderboard_table([row]), "", text])
     return EvalResult(row=row, report=report, head_name=model.head_name, n_rows=len(data))
-
-
-def check_bundle_features(model: Bundle, store: FeatureStore) -> None:
-    """Refuse a feature file whose features are not the space the bundle's head was trained in."""
-    if len(model.recipes) > 1:
-        raise FeatxError(f"{model.path} was trained on {len(model.recipes)} fused feature files; "
-                         "evaluate it on the same files fused")
-    differences = mismatch(model.recipe, store.recipe, FEATURE_KEYS)
-    if differences:
-        raise FeatxError(f"{store.path} holds features made differently from the model's ({differences}); "
-                         "extract features with the model's recipe")
-    expected = getattr(model.head, "n_features_in_", None)
-    if expected is not None and store.dim != expected:
-        raise FeatxError(f"{store.path} has {store.dim} features per row but the model expects {expected}; "
-                         "extract features with the model's recipe")

@@ -30,14 +30,26 @@ class Rows:
     y: np.ndarray  # class index of each row
     groups: np.ndarray  # source image of each row: augmented copies share it
     aug: np.ndarray  # 0 = the original image, k = its k-th augmented copy
-    paths: np.ndarray  # relative image path of each row ("" when the file has none)
+    paths: np.ndarray  # image path of each row, relative to `root` ("" when the file has none)
+    root: str | None = None  # the dataset folder the paths are relative to, when recorded
+    source: str = ""  # where the rows come from, in words
+
+    @classmethod
+    def of(cls, X, y, paths=None, *, aug=None, root=None, source="") -> Rows:
+        """Rows from arrays; a row's source image (its group) is its path, or the row itself without one."""
+        n = len(y)
+        paths = np.array([""] * n if paths is None else [str(p) for p in paths], dtype=object)
+        groups = np.array([path or f"<row {i}>" for i, path in enumerate(paths)], dtype=object)
+        aug = np.zeros(n, dtype=np.int64) if aug is None else np.asarray(aug, dtype=np.int64)
+        return cls(X=np.asarray(X), y=np.asarray(y, dtype=np.int64), groups=groups, aug=aug, paths=paths, root=root,
+                   source=source)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, rows) -> Rows:
         return Rows(X=self.X[rows], y=self.y[rows], groups=self.groups[rows], aug=self.aug[rows],
-                    paths=self.paths[rows])
+                    paths=self.paths[rows], root=self.root, source=self.source)
 
     def originals(self) -> Rows:
         """Only the rows of original images: scores are measured on those, never on augmented copies."""
@@ -87,10 +99,8 @@ def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[st
     rows = np.flatnonzero(labelled)
     # One contiguous read, then select: much faster than h5py's fancy indexing; heads need it all in memory.
     X = _finite(np.asarray(store.features[:], dtype=np.float32), store.path)
-    paths = np.array(store.paths if len(store.paths) == len(labels) else [""] * len(labels), dtype=object)
-    groups = np.array([path or f"<row {i}>" for i, path in enumerate(paths)], dtype=object)
-    aug = np.zeros(len(labels), dtype=np.int64) if store.aug is None else np.asarray(store.aug, dtype=np.int64)
-    every = Rows(X=X, y=mapped, groups=groups, aug=aug, paths=paths)
+    every = Rows.of(X, mapped, store.paths if len(store.paths) == len(labels) else None, aug=store.aug,
+                    root=store.dataset_root, source=str(store.path))
     return every if len(rows) == len(labels) else every.subset(rows)
 
 

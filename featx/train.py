@@ -29,7 +29,7 @@ from featx.heads import (
     min_images_per_class,
 )
 from featx.recipe import Recipe
-from featx.report import leaderboard_table, save_confusion_png
+from featx.report import ReportData, ReportResult, build_report, leaderboard_table, save_confusion_png
 from featx.rows import Rows, class_order, grouped_train_test_split, read_rows, smallest_class
 from featx.scoring import METRICS, best_head, details, score_row
 from featx.store import FeatureStore, check_compatible
@@ -51,6 +51,7 @@ class TrainResult:
     label_names: list[str]
     graded: bool
     refit_rows: int | None = None  # rows the saved heads were refitted on (None: saved as scored)
+    report_page: ReportResult | None = None  # the HTML page and label-issue CSV, unless report=False
 
     def __str__(self) -> str:
         return self.report
@@ -97,6 +98,7 @@ def train(
     seed: int = 0,
     bootstrap: int = 1000,
     progress: bool = True,
+    report: bool = True,
     log: Callable[[str], object] = print,
 ) -> TrainResult:
     """Fit each head on a feature file, score it on held-out rows, save one bundle per head.
@@ -107,6 +109,8 @@ def train(
     heads: names, "a,b", or "all". ordinal: None = graded when every class name is an integer.
     metric: picks the best head and scores the heads' hyperparameter searches.
     n_jobs: parallel fits (None = all cores). progress: a progress line while a head fits.
+    report: also write `<output>/<features>-report.html` (images behind every number, likely label
+    errors) and `<features>-label-issues.csv`.
     """
     _check_options(metric=metric, folds=folds, test=test, test_size=test_size)
     features = Path(features)
@@ -131,9 +135,10 @@ def train(
     )
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    rows, texts, models, bundles, pngs = [], {}, {}, {}, {}
+    rows, texts, models, scored, bundles, pngs = [], {}, {}, {}, {}, {}
     for name in head_names:
         head, row, y_pred = _fit_and_score(name, split, options)
+        scored[name] = head  # has not seen the test rows: the report's confusion matrix comes from it
         if everything is not None:
             head = _fit(name, everything, split, options, what="refitting on all rows")
         rows.append(row)
@@ -149,9 +154,17 @@ def train(
 
     best = best_head(rows, metric)
     refit_rows = None if everything is None else len(everything)
-    report = _train_report(rows, best, metric, texts[best], bundles, pngs, refit_rows)
-    return TrainResult(rows=rows, best=best, models=models, bundles=bundles, confusion_pngs=pngs, report=report,
-                       metric=metric, label_names=class_names, graded=split.graded, refit_rows=refit_rows)
+    page = None
+    if report:
+        summary = ReportData(title=f"featx report: {features.stem}", class_names=class_names, graded=split.graded,
+                             leaderboard=rows, best=best, metric=metric,
+                             recipe=split.recipes[0].to_attrs() if len(split.recipes) == 1 else {})
+        page = build_report(output / f"{features.stem}-report.html", scored[best], summary,
+                            everything if everything is not None else data, held_out, seed=seed, log=log)
+    text = _train_report(rows, best, metric, texts[best], bundles, pngs, refit_rows, page)
+    return TrainResult(rows=rows, best=best, models=models, bundles=bundles, confusion_pngs=pngs, report=text,
+                       metric=metric, label_names=class_names, graded=split.graded, refit_rows=refit_rows,
+                       report_page=page)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,7 +381,8 @@ def _format_optional(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _train_report(rows, best, metric, best_details, bundles, pngs, refit_rows: int | None) -> str:
+def _train_report(rows, best, metric, best_details, bundles, pngs, refit_rows: int | None,
+                  page: ReportResult | None) -> str:
     saved = (f"bundles: refitted on all {refit_rows} labelled rows after scoring" if refit_rows
              else "bundles: the heads as scored")
     lines = [
@@ -380,4 +394,6 @@ def _train_report(rows, best, metric, best_details, bundles, pngs, refit_rows: i
         "",
         best_details,
     ]
+    if page is not None:
+        lines += ["", str(page)]
     return "\n".join(lines)

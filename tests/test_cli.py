@@ -94,13 +94,17 @@ def test_train_and_evaluate_through_the_cli(tmp_path, capsys):
         w.store_class_labels(["cat", "dog"])
         w.add(rows, labels, paths=[f"img{i}.png" for i in range(40)])
     models = tmp_path / "models"
-    assert main(["train", str(features), "--heads", "logreg,mlp", "-o", str(models), "-q"]) == 0
+    assert main(["train", str(features), "--heads", "logreg,mlp", "-o", str(models), "-q", "--no-report"]) == 0
     report = capsys.readouterr().out.splitlines()
     assert report[0].startswith("fitting 2 head(s) on 30 rows x 16 dims of ")
     assert [line.split()[0] for line in report if line.startswith(("logreg ", "mlp "))] == ["logreg", "mlp"]
     assert any(line.startswith("best head by accuracy: ") for line in report)
     bundle = models / "pets-logreg.skops"
     assert bundle.exists() and (models / "pets-logreg-confusion.png").exists()
+    assert not (models / "pets-report.html").exists()  # --no-report
+    assert main(["report", str(bundle), str(features), "-o", str(tmp_path / "pages")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"report: {tmp_path / 'pages' / 'pets-report.html'} (")
+    assert (tmp_path / "pages" / "pets-label-issues.csv").exists()
     assert main(["evaluate", str(bundle), str(features)]) == 0
     evaluation = capsys.readouterr().out.splitlines()
     assert evaluation[0] == f"{bundle} on {features} (40 images)" and "accuracy" in evaluation[1]

@@ -13,6 +13,7 @@ from featx import FeatureStore, FeatxError, extract, load_bundle, predict, train
 from featx.cli import main
 
 QUIET = dict(log=lambda message: None)
+NO_PAGE = dict(report=False, progress=False)
 
 
 def _write_images(folder, brightness, count, seed, shape=(48, 48)):
@@ -35,7 +36,7 @@ def test_predict_round_trip_from_real_images(tmp_path):
     _write_images(data / "dark", 30, 8, seed=0)
     _write_images(data / "bright", 225, 8, seed=1)
     extract(data, tmp_path / "light.h5", weights="none", image_size=64, progress=False, **QUIET)
-    result = train(tmp_path / "light.h5", output=tmp_path / "models", bootstrap=0, progress=False, **QUIET)
+    result = train(tmp_path / "light.h5", output=tmp_path / "models", bootstrap=0, **NO_PAGE, **QUIET)
 
     (data / "broken.png").write_bytes(b"not an image")
     predicted = predict(result.bundles["logreg"], [data / "dark", data / "bright", data / "broken.png"],
@@ -68,7 +69,7 @@ def cropped_flipped(tmp_path_factory):
     features = root / "wide.h5"
     extract(data, features, weights="none", image_size=64, crop=True, tta="flip", progress=False, **QUIET)
     result = train(features, test_size=0.34, heads="logreg,ordinal", output=root / "models", bootstrap=0,
-                   progress=False, **QUIET)
+                   **NO_PAGE, **QUIET)
     return data, features, result
 
 

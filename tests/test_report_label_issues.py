@@ -16,12 +16,12 @@ from sklearn.preprocessing import StandardScaler
 
 from featx.errors import FeatxError
 from featx.report import (
-    LabelledRows,
     ReportData,
     build_report,
     find_label_issues,
     out_of_fold_probabilities,
 )
+from featx.rows import Rows
 
 
 def test_rule_flags_rows_below_their_threshold_with_another_class_above_its_own():
@@ -122,7 +122,7 @@ def test_planted_label_errors_rank_at_the_top_of_the_csv(tmp_path):
     planted = {paths[i] for i in np.flatnonzero(given != truth)}
     assert len(planted) == 8  # 10% of the 80 ants images
     head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(X, given)
-    rows = LabelledRows(X=X, y=given, paths=paths, root=str(tmp_path / "images"), source="generated")
+    rows = Rows.of(X, given, paths, root=str(tmp_path / "images"), source="generated")
     summary = ReportData(title="planted", class_names=names)
     result = build_report(tmp_path / "out" / "planted-report.html", head, summary, rows, log=lambda _: None)
 
@@ -145,7 +145,7 @@ def test_augmented_copies_are_judged_as_one_image(tmp_path):
     rng = np.random.default_rng(1)
     # Each image twice more, slightly moved, as `featx extract --augment 2` writes them.
     copies = 3
-    rows = LabelledRows(
+    rows = Rows.of(
         X=np.concatenate([X + (0 if k == 0 else rng.normal(scale=0.3, size=X.shape)) for k in range(copies)]),
         y=np.tile(given, copies), paths=paths * copies, root=str(tmp_path / "images"),
         aug=np.repeat(np.arange(copies), len(given)),
@@ -167,7 +167,7 @@ def test_a_head_without_probabilities_is_judged_by_logreg(tmp_path):
     head = make_pipeline(StandardScaler(), RidgeClassifier()).fit(X, given)
     assert not hasattr(head, "predict_proba")
     lines = []
-    rows = LabelledRows(X=X, y=given, paths=paths, root=str(tmp_path / "images"))
+    rows = Rows.of(X, given, paths, root=str(tmp_path / "images"))
     result = build_report(tmp_path / "ridge-report.html", head, ReportData(title="ridge", class_names=names), rows,
                           rows, log=lines.append)
     assert any("finding label issues with a logreg head" in line for line in lines)

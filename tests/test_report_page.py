@@ -18,7 +18,6 @@ from featx.bundle import save_bundle
 from featx.errors import FeatxError
 from featx.recipe import Recipe
 from featx.report import (
-    LabelledRows,
     ReportData,
     build_report,
     find_label_issues,
@@ -28,6 +27,7 @@ from featx.report import (
     write_report_page,
 )
 from featx.report.page import FeatureMap, Predictions
+from featx.rows import Rows
 from featx.store import HDF5DatasetWriter
 
 NAMES = ["ants", "bees", "wasps"]
@@ -59,7 +59,7 @@ def _split(tmp_path, *, per_class=30, test_per_class=12, spread=0.7, dim=16, see
         y = np.repeat(np.arange(3), count)
         X = (centres[y] + rng.normal(size=(len(y), dim))).astype(np.float32)
         root = tmp_path / folder
-        return LabelledRows(X=X, y=y, paths=_images(root, y, prefix, seed), root=str(root), source=f"{len(y)} {folder}")
+        return Rows.of(X, y, _images(root, y, prefix, seed), root=str(root), source=f"{len(y)} {folder}")
 
     return rows(per_class, "train", "tr"), rows(test_per_class, "val", "va")
 
@@ -198,7 +198,7 @@ def test_graded_labels_get_kappa_and_a_grade_error_histogram(tmp_path):
 def test_a_class_without_training_rows_keeps_its_row_and_column(tmp_path):
     train, test = _split(tmp_path)
     seen = np.flatnonzero(train.y != 1)  # no bees to train on: the head's classes_ are [0, 2]
-    rows = LabelledRows(X=train.X[seen], y=train.y[seen], paths=[train.paths[i] for i in seen], root=train.root)
+    rows = Rows.of(train.X[seen], train.y[seen], [train.paths[i] for i in seen], root=train.root)
     result = build_report(tmp_path / "no-bees-report.html", _head(rows), _summary(), rows, test, log=_quiet)
     page = result.page.read_text(encoding="utf-8")
     counts = _cell_counts(page)
@@ -211,7 +211,7 @@ def test_a_class_without_training_rows_keeps_its_row_and_column(tmp_path):
         assert handle.readline().strip().endswith("p_ants,p_bees,p_wasps")
 
 
-def _feature_file(path, rows: LabelledRows, names, *, recipe=RECIPE):
+def _feature_file(path, rows: Rows, names, *, recipe=RECIPE):
     with HDF5DatasetWriter(rows.X.shape, path, recipe=recipe, attrs={"dataset_root": rows.root}) as writer:
         writer.store_class_labels(names)
         writer.add(rows.X, np.asarray(rows.y, dtype=np.int64), paths=list(rows.paths))

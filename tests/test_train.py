@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import skops.io
 
-from featx import FeatxError, HDF5DatasetWriter, Recipe, evaluate, load_bundle, train
+import featx
+from featx import FeatxError, HDF5DatasetWriter, Recipe, evaluate, load_bundle
 from featx.bundle import save_bundle, trusted_types
 from featx.heads import fit_head, make_head
 from featx.rows import grouped_train_test_split
@@ -18,6 +19,11 @@ from featx.rows import grouped_train_test_split
 RECIPE = Recipe(backbone="efficientnet_lite0", weights_source="none (random init, seed 0)", image_size=64,
                 preprocessing="rgb (x-127)/128")
 DIM = 64
+
+
+def train(features, **options):
+    """featx.train without the report page, which one test below asks for; the page has tests of its own."""
+    return featx.train(features, **{"report": False, **options})
 
 
 def separable(n_per_class, n_classes, *, seed=0, dim=DIM):
@@ -53,7 +59,8 @@ def three_classes(tmp_path_factory):
     val_rows, val_labels = separable(6, 3, seed=0)
     validation = write_features(root / "shapes-val.h5", val_rows, val_labels, ["circle", "square", "triangle"])
     messages = []
-    result = train(features, heads=["logreg", "svm"], output=root / "models", bootstrap=200, log=messages.append)
+    result = train(features, heads=["logreg", "svm"], output=root / "models", bootstrap=200, report=True,
+                   log=messages.append)
     return result, features, validation, messages
 
 
@@ -82,6 +89,16 @@ def test_train_reports_every_head_and_saves_loadable_bundles(three_classes):
     text = str(result)
     assert "accuracy" in text and "classification report" in text and "triangle" in text
     assert f"best head by accuracy: {result.best}" in text
+
+
+def test_train_writes_the_report_page_and_label_issues(three_classes):
+    result = three_classes[0]
+    page = result.report_page.page
+    assert page.name == "shapes-report.html" and page.parent == result.bundles["logreg"].parent
+    html = page.read_text(encoding="utf-8")
+    assert "circle" in html and "triangle" in html and result.best in html
+    assert result.report_page.label_issues_csv.name == "shapes-label-issues.csv"
+    assert str(result).splitlines()[-1] == str(result.report_page)
 
 
 def test_train_writes_real_confusion_pngs(three_classes):

@@ -7,7 +7,7 @@
 - `build`: `build_report` for a fitted head and its rows, `report` for a saved bundle and a feature file.
 """
 
-from featx.report.build import LabelledRows, ReportResult, build_report, report
+from featx.report.build import ReportResult, build_report, report
 from featx.report.label_issues import (
     LabelIssues,
     find_label_issues,
@@ -31,7 +31,6 @@ from featx.report.page import FeatureMap, Predictions, ReportData, write_report_
 __all__ = [
     "FeatureMap",
     "LabelIssues",
-    "LabelledRows",
     "Predictions",
     "ReportData",
     "ReportResult",

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from featx.bundle import load_bundle
 from featx.errors import FeatxError
+from featx.heads import make_head
 from featx.report.label_issues import (
     LabelIssues,
     find_label_issues,
@@ -19,25 +21,10 @@ from featx.report.label_issues import (
     write_label_issues_csv,
 )
 from featx.report.page import FeatureMap, Predictions, ReportData, write_report_page
+from featx.rows import Rows, read_rows
+from featx.store import FeatureStore
 
-__all__ = ["LabelledRows", "ReportResult", "build_report", "report"]
-
-
-@dataclass
-class LabelledRows:
-    """Feature rows with their class indices and the images they came from."""
-
-    X: np.ndarray  # (rows, D)
-    y: np.ndarray  # class index of each row
-    paths: Sequence[str]  # relative to root
-    root: str | None = None  # the feature file's dataset root
-    groups: np.ndarray | None = None  # source image of each row when augmented copies share one; None: its path
-    aug: np.ndarray | None = None  # 0 = the original image, k = k-th augmented copy; None: all originals
-    source: str = ""  # what the rows are, in words
-
-    def originals(self) -> np.ndarray:
-        """Indices of the rows of original images (pages and scores show those, never augmented copies)."""
-        return np.arange(len(self.y)) if self.aug is None else np.flatnonzero(np.asarray(self.aug) == 0)
+__all__ = ["ReportResult", "build_report", "report"]
 
 
 @dataclass
@@ -83,30 +70,31 @@ def _probability_model(head):
             return model
 
 
-def _issue_model(head, rows: LabelledRows, seed: int, log):
+def _issue_model(head, rows: Rows, seed: int, log):
     """The model whose out-of-fold probabilities judge the labels: the head's, or logreg's when it has none."""
     model = _probability_model(head)
     if hasattr(model, "predict_proba"):
         return model
-    from featx.heads import make_head
-
     log(f"{type(head).__name__} gives no probabilities; finding label issues with a logreg head")
     search = make_head("logreg", n_classes=int(np.max(rows.y)) + 1, seed=seed)
     return _probability_model(search.fit(rows.X, rows.y))
 
 
-def _label_issues(head, rows: LabelledRows, n_classes: int, *, folds: int, seed: int,
+def _originals(rows: Rows) -> np.ndarray:
+    """Indices of the rows of original images (pages and scores show those, never augmented copies)."""
+    return np.flatnonzero(rows.aug == 0)
+
+
+def _label_issues(head, rows: Rows, n_classes: int, *, folds: int, seed: int,
                   log) -> tuple[LabelIssues | None, str]:
     """Label issues among the original images of `rows`, or None and the reason there are none."""
-    groups = rows.groups
-    if groups is None and rows.aug is not None and (np.asarray(rows.aug) > 0).any():
-        groups = np.asarray(rows.paths, dtype=object)  # copies of one image share its path
+    groups = rows.groups if rows.grouped else None  # copies of one image stay in one fold
     try:
         model = _issue_model(head, rows, seed, log)
         probabilities = out_of_fold_probabilities(model, rows.X, rows.y, groups, folds=folds, seed=seed)
     except FeatxError as error:
         return None, f"Label issues were not searched: {error}."
-    keep = rows.originals()
+    keep = _originals(rows)
     # Columns for every class, also those without training rows (which get probability 0).
     probabilities = np.pad(probabilities, ((0, 0), (0, max(0, n_classes - probabilities.shape[1]))))
     issues = find_label_issues(probabilities[keep], rows.y[keep], paths=[rows.paths[i] for i in keep], root=rows.root)
@@ -114,8 +102,8 @@ def _label_issues(head, rows: LabelledRows, n_classes: int, *, folds: int, seed:
     return issues, ""
 
 
-def _predictions(head, rows: LabelledRows, n_classes: int) -> Predictions:
-    keep = rows.originals()
+def _predictions(head, rows: Rows, n_classes: int) -> Predictions:
+    keep = _originals(rows)
     X = rows.X[keep]
     probabilities = None
     if hasattr(head, "predict_proba"):
@@ -130,13 +118,13 @@ def _predictions(head, rows: LabelledRows, n_classes: int) -> Predictions:
     )
 
 
-def _feature_map(train: LabelledRows, test: LabelledRows | None, predictions: Predictions | None,
+def _feature_map(train: Rows, test: Rows | None, predictions: Predictions | None,
                  issues: LabelIssues | None, class_names) -> FeatureMap:
     """The searched rows' and the test rows' originals in one map, each image once; mistakes are misses and
     likely label errors."""
     entries: dict[str, list] = {}  # full path -> [features, label, mistake, notes, relative path, root]
 
-    def add(rows: LabelledRows, index: int, mistake: bool, note: str) -> None:
+    def add(rows: Rows, index: int, mistake: bool, note: str) -> None:
         relative = str(rows.paths[index])
         path = os.path.join(rows.root, relative) if rows.root else relative
         entry = entries.setdefault(path, [rows.X[index], int(rows.y[index]), False, [], relative, rows.root])
@@ -144,13 +132,13 @@ def _feature_map(train: LabelledRows, test: LabelledRows | None, predictions: Pr
         entry[3].append(note)
 
     suggested = {} if issues is None else {int(r): int(s) for r, s in zip(issues.rows, issues.suggested)}
-    for index in train.originals():
+    for index in _originals(train):
         if index in suggested:
             add(train, index, True, f"likely label error: looks like {class_names[suggested[index]]}")
         else:
             add(train, index, False, "")
     if test is not None and predictions is not None:
-        for position, index in enumerate(test.originals()):
+        for position, index in enumerate(_originals(test)):
             guess = int(predictions.y_pred[position])
             add(test, index, guess != int(test.y[index]), f"predicted {class_names[guess]}")
     values = list(entries.values())
@@ -163,7 +151,7 @@ def _feature_map(train: LabelledRows, test: LabelledRows | None, predictions: Pr
     )
 
 
-def build_report(page, head, summary: ReportData, train: LabelledRows, test: LabelledRows | None = None, *,
+def build_report(page, head, summary: ReportData, train: Rows, test: Rows | None = None, *,
                  issues_csv=None, folds: int = 5, seed: int = 0,
                  log: Callable[[str], object] = print) -> ReportResult:
     """Write the report page (and the label-issue CSV) for a fitted head.
@@ -200,30 +188,6 @@ def build_report(page, head, summary: ReportData, train: LabelledRows, test: Lab
 # --------------------------------------------------------------------------- featx report BUNDLE FEATURES
 
 
-def _rows_for_bundle(store, class_names: Sequence[str], source: str, log) -> LabelledRows:
-    """The store's labelled rows with labels mapped onto the bundle's classes by name."""
-    labels = np.asarray(store.labels, dtype=np.int64)
-    names = [str(name) for name in store.label_names]
-    position = {name: i for i, name in enumerate(class_names)}
-    labelled = np.flatnonzero(labels >= 0)
-    if len(labelled) < len(labels):
-        log(f"{source}: leaving out {len(labels) - len(labelled)} unlabelled row(s)")
-    if len(labelled) == 0:
-        raise FeatxError(f"{source} has no labelled rows; a report needs images in class folders")
-    if labels.max() >= len(names):
-        raise FeatxError(f"{source} has labels without class names; re-extract it with `featx extract`")
-    unknown = sorted({names[i] for i in labels[labelled]} - set(position))
-    if unknown:
-        raise FeatxError(f"{source} has class(es) {', '.join(unknown)} that the model does not know "
-                         f"(known: {', '.join(class_names)}); use a feature file with the model's class folders")
-    to_class = np.array([position.get(name, -1) for name in names], dtype=np.int64)
-    # One contiguous read, then select: much faster than h5py's fancy indexing.
-    X = np.asarray(store.features[:], dtype=np.float32)[labelled]
-    aug = None if store.aug is None else np.asarray(store.aug)[labelled]
-    return LabelledRows(X=X, y=to_class[labels[labelled]], paths=[store.paths[i] for i in labelled],
-                        root=store.dataset_root, aug=aug, source=f"{len(labelled)} rows of {source}")
-
-
 def _report_paths(bundle_path: Path, features: Path, output) -> tuple[Path, Path]:
     if output is None:
         page = bundle_path.parent / f"{features.stem}-report.html"
@@ -241,19 +205,14 @@ def report(bundle_path, features_path, *, output=None, folds: int = 5, seed: int
     searched out-of-fold on the same rows. Writes `<features-stem>-report.html` and
     `-label-issues.csv` beside the bundle, or into `output` (a folder or an .html path).
     """
-    from featx.bundle import load_bundle
-    from featx.store import FeatureStore, check_compatible
-
     bundle = load_bundle(bundle_path)
     features = Path(features_path)
-    if len(bundle.recipes) > 1:
-        raise FeatxError(f"{bundle_path} was trained on {len(bundle.recipes)} fused feature files; "
-                         "a report takes a bundle trained on one")
-    recipe = bundle.recipes[0] if bundle.recipes else None
     with FeatureStore(features) as store:
-        if recipe is not None:
-            check_compatible([recipe, store])
-        rows = _rows_for_bundle(store, bundle.label_names, str(features), log)
+        bundle.check_features(store)
+        rows = read_rows(store, bundle.label_names, log)
+    if len(rows) == 0:
+        raise FeatxError(f"{features} has no labelled rows; a report needs images in class folders")
+    recipe = bundle.recipe
     notes = []
     trained_on = bundle.extra.get("features")
     if trained_on and Path(trained_on).resolve() == features.resolve():
