@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from featx._version import __version__
+from featx.atomic import write_error
 from featx.errors import FeatxError
 from featx.recipe import Recipe, mismatch
 from featx.store._durable import Lock, list_shards, parts_dir, remove_temp_leftovers, write_hdf5_atomically
@@ -95,9 +96,12 @@ class HDF5DatasetWriter:
         self._reset_buffer()
 
         directory = os.path.dirname(os.path.abspath(self.output_path))
-        os.makedirs(directory, exist_ok=True)
         self._lock = Lock(self.output_path)
-        self._lock.acquire()
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._lock.acquire()
+        except OSError as exc:  # a folder without write permission, a full disk
+            raise write_error(self.output_path, exc, "then rerun the same command") from None
         try:
             remove_temp_leftovers(self.output_path)
             self._prepare_output()
@@ -127,6 +131,9 @@ class HDF5DatasetWriter:
         return dim
 
     def _prepare_output(self) -> None:
+        if os.path.lexists(self._parts) and not os.path.isdir(self._parts):
+            raise FeatxError(f"{self._parts} is a file, not the folder featx keeps unfinished rows in; "
+                             "move or delete it, then rerun")
         exists = os.path.exists(self.output_path)
         shards = list_shards(self._parts)
         if self.mode == "w-" and (exists or shards):
@@ -151,6 +158,12 @@ class HDF5DatasetWriter:
             raise FeatxError(f"cannot resume: {exc}; or pass --overwrite to replace it") from None
         with h5file:
             final = Contents(h5file, data_key)
+            try:
+                final.check()
+                final.recipe  # noqa: B018 - a recipe that cannot be read is damage too
+            except (FeatxError, OSError, ValueError, TypeError, KeyError) as exc:
+                raise FeatxError(f"cannot resume: {self.output_path} is damaged ({' '.join(str(exc).split())}); "
+                                 "pass --overwrite to replace it") from None
             self._check_layout(final, self.output_path)
             self._absorb(final, self.output_path)
             self._final_rows = len(final)
@@ -349,7 +362,10 @@ class HDF5DatasetWriter:
     def _write_shard(self) -> None:
         if self._buf_count == 0 and not self._buf_skipped:
             return
-        os.makedirs(self._parts, exist_ok=True)
+        try:
+            os.makedirs(self._parts, exist_ok=True)
+        except OSError as exc:
+            raise write_error(self._parts, exc, "then rerun the same command to resume") from None
         name = f"shard-{self._next_shard:06d}.h5"
         write_hdf5_atomically(os.path.join(self._parts, name),
                                os.path.join(self._parts, f".{name}.tmp-{os.getpid()}"), self._fill_shard)
