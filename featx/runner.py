@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from featx import backbones as registry
 from featx import images
+from featx.atomic import writable_folder
 from featx.errors import FeatxError
 from featx.store import FeatureStore, HDF5DatasetWriter, parts_dir
 
@@ -354,6 +355,9 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
     split_roots = images.find_splits(root)
     splits = _list_splits(split_roots, seed) if split_roots else {None: images.list_dataset(root, seed=seed)}
     outputs = _output_paths(root, output, list(splits), names)
+    for folder in sorted({out.parent for out in outputs.values()}):
+        # Before loading any backbone; nothing is created yet, in case a later check fails.
+        writable_folder(folder, "-o", create=False)
     models = []
     for name in names:
         log(f"loading backbone {name} (weights: {weights})")
@@ -411,17 +415,20 @@ class _Extraction:
             writers = []
             self.timer.add("write", time.perf_counter() - t0)
             return len(items)
-        except BaseException:
+        except BaseException as error:
             for writer in writers:
                 try:
                     writer.abort()
-                except Exception:  # keep the original error; abort already flushed what it could
-                    logger.exception("could not save the last buffer")
+                except Exception as abort_error:  # keep the original error; abort already flushed what it could
+                    # A full disk refuses this flush too: the original error already says so, in one line.
+                    if isinstance(error, FeatxError):
+                        logger.debug("could not save the last buffered rows: %s", abort_error)
+                    else:
+                        logger.warning("could not save the last buffered rows: %s", abort_error)
             raise
 
     def _open_writer(self, model, ds, split, feeding: _Feeding) -> HDF5DatasetWriter:
         out = self.outputs[(split, model.name)]
-        out.parent.mkdir(parents=True, exist_ok=True)
         exists = out.exists() or Path(parts_dir(out)).exists()
         recipe = model.recipe(resize="crop" if feeding.crop else "stretch", tta=feeding.tta or "",
                               augment=feeding.augment, seed=feeding.seed)

@@ -28,10 +28,11 @@ TEMP_SHARD_NAME = re.compile(r"^\.shard-\d{6,}\.h5\.tmp-\d+$")
 class _TemporaryHDF5(io.RawIOBase):
     """The file HDF5 writes a temporary file through (h5py's file-object driver).
 
-    HDF5 cannot close a file whose writes keep failing: on a full disk it leaves the file open and the
-    process crashes at exit. So the first refused write is raised (h5py turns it into an OSError that
-    stops the filling), and later writes, the flushes of HDF5's close, are dropped: the file is
-    deleted anyway, and HDF5 closes cleanly.
+    HDF5 cannot close a file whose writes failed: on a full disk it leaves the file open and the
+    process crashes at exit; and h5py reports a failed write made while it frees an object as a
+    traceback it cannot raise. So no write fails for HDF5: the first refused one is recorded, it and
+    every later one are dropped (the file is deleted anyway), and `check()` raises the recorded error
+    where featx can stop cleanly.
     """
 
     def __init__(self, path: str):
@@ -57,16 +58,23 @@ class _TemporaryHDF5(io.RawIOBase):
     def readinto(self, buffer) -> int:
         return self._file.readinto(buffer)
 
+    def check(self) -> None:
+        """Raise the first write the disk refused, if any."""
+        if self.error is not None:
+            raise self.error
+
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
+        size = len(view)
         if self.error is None:
             try:
                 while view:  # a raw write may be short (e.g. up to a file size limit): finish or fail
                     view = view[self._file.write(view):]
             except OSError as error:
                 self.error = error
-                raise
-        return len(memoryview(data).cast("B"))
+        if self.error is not None:
+            self._file.seek(len(view), io.SEEK_CUR)  # where HDF5 expects the file position to be
+        return size
 
     def truncate(self, size=None) -> int:
         if self.error is None:
@@ -74,7 +82,6 @@ class _TemporaryHDF5(io.RawIOBase):
                 return self._file.truncate(size)
             except OSError as error:
                 self.error = error
-                raise
         return self.tell() if size is None else size
 
     def flush(self) -> None:
@@ -89,18 +96,18 @@ class _TemporaryHDF5(io.RawIOBase):
 
 
 def write_hdf5_atomically(final_path: str, tmp_path: str, fill) -> None:
-    """Create tmp_path, ``fill(h5file)`` it, then publish it as final_path; never leave tmp_path.
+    """Create tmp_path, ``fill(h5file, check)`` it, then publish it as final_path; never leave tmp_path.
 
-    A full disk is one FeatxError that says so; rows already published (earlier shards) stay readable.
+    `check()` raises once the disk has refused a write: a long fill calls it to stop early. A full disk
+    is one FeatxError that says so; rows already published (earlier shards) stay readable.
     """
     remedy = "then rerun the same command to resume (rows written so far are kept)"
     sink = None
     try:
         sink = _TemporaryHDF5(tmp_path)
         with sink, h5py.File(sink, "w") as h5file:
-            fill(h5file)
-        if sink.error is not None:  # refused while HDF5 closed the file: the file is incomplete
-            raise sink.error
+            fill(h5file, sink.check)
+        sink.check()  # HDF5 writes most of a file when it closes it
         publish(tmp_path, final_path)
     except RuntimeError:
         # h5py words some failed flushes as RuntimeError; after a refused write that is the disk too.

@@ -373,7 +373,7 @@ class HDF5DatasetWriter:
         self._next_shard += 1
         self._reset_buffer()
 
-    def _fill_shard(self, h5file: h5py.File) -> None:
+    def _fill_shard(self, h5file: h5py.File, check) -> None:
         rows = (np.concatenate(self._buf_rows) if self._buf_rows
                 else np.empty((0, self.dim), dtype=self.dtype))
         h5file.create_dataset(self.data_key, data=rows)
@@ -398,9 +398,9 @@ class HDF5DatasetWriter:
     # ---------------------------------------------------------------- assembly
 
     def _assemble(self, complete: bool) -> None:
-        def fill(out: h5py.File) -> None:
+        def fill(out: h5py.File, check) -> None:
             sink = _FinalSink(out, self.data_key, self.dim, self.dtype, self._any_aug,
-                              expected_rows=self.rows_written)
+                              expected_rows=self.rows_written, check=check)
             for contents, h5file in self._sources():
                 with h5file:
                     sink.append(contents)
@@ -460,7 +460,7 @@ class _FinalSink:
     """Streams rows into the final file's resizable datasets, dropping (path, aug) repeats."""
 
     def __init__(self, out: h5py.File, data_key: str, dim: int, dtype, with_aug: bool,
-                 expected_rows: int):
+                 expected_rows: int, check=lambda: None):
         # Chunks of ~0.5 MiB, but no bigger than the data: a small file stays small.
         cap = max(1, expected_rows)
         chunk_rows = min(cap, max(1, _CHUNK_BYTES // (dim * dtype.itemsize)))
@@ -478,6 +478,7 @@ class _FinalSink:
         self.block_rows = max(1, _COPY_BLOCK_BYTES // (dim * dtype.itemsize))
         self.seen_rows: set[tuple[str, int]] = set()
         self.seen_skipped: set[str] = set()
+        self.check = check  # raises once the disk refused a write: no point copying the rest
 
     def append(self, contents: Contents) -> None:
         for start in range(0, len(contents), self.block_rows):
@@ -492,6 +493,7 @@ class _FinalSink:
             self._extend(self.paths, np.array(paths, dtype=object)[keep])
             if self.aug is not None:
                 self._extend(self.aug, aug[keep])
+            self.check()
         skipped = [(p, r) for p, r in contents.skipped() if not (p and p in self.seen_skipped)]
         self.seen_skipped.update(p for p, _ in skipped)
         if skipped:
