@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import h5py
 import pytest
-from hostile import EXTRACT_ARGS, HOSTILE, make_dataset, run_cli
+from hostile import EXTRACT_ARGS, HOSTILE, MEASURED, make_dataset, run_cli
 
 from featx import Recipe
 
@@ -32,3 +32,5 @@ def pytest_terminal_summary(terminalreporter):
                                         "clean error")
         for kind, count in sorted(HOSTILE.items()):
             terminalreporter.write_line(f"  {count:5d}  {kind}")
+    for what, value in MEASURED.items():
+        terminalreporter.write_line(f"reliability: {what}: {value}")

@@ -22,8 +22,9 @@ import numpy as np
 
 from featx import FeatxError
 
-# Hostile cases run, by kind; printed by pytest_terminal_summary.
+# Hostile cases run, by kind, and measurements worth reading; printed by pytest_terminal_summary.
 HOSTILE: Counter = Counter()
+MEASURED: dict[str, str] = {}
 SIZE = 32  # the smallest input the backbones take: random-weight extraction stays fast, the plumbing is the same
 BACKBONE = "efficientnet_lite0"
 EXTRACT_ARGS = ["--weights", "none", "--image-size", str(SIZE), "-q"]
