@@ -11,51 +11,16 @@ import os
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
-from hostile import HOSTILE, MEASURED, write_images
+from hostile import HOSTILE, MEASURED, black_png, jpeg_declaring, write_images
 
 import featx
 from featx.images import MAX_IMAGE_PIXELS, image_header_size, try_load_image
 
 REPO = str(Path(featx.__file__).resolve().parents[1])
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def black_png(width: int, height: int) -> bytes:
-    """A valid all-black RGB PNG of any size, made without ever holding its pixels.
-
-    Each row is a filter byte and 3 x width zero bytes. zlib's full flush makes a block of rows
-    compress to the same bytes every time, so the image data is one compressed block repeated; the
-    checksum of n zero bytes is known in closed form (Adler-32: A = 1, B = n mod 65521).
-    """
-    row = b"\0" * (3 * width + 1)
-    rows_per_block = max(1, (1 << 20) // len(row))
-    compressor = zlib.compressobj(9)
-    first = compressor.compress(row * rows_per_block) + compressor.flush(zlib.Z_FULL_FLUSH)
-    repeat = compressor.compress(row * rows_per_block) + compressor.flush(zlib.Z_FULL_FLUSH)
-    header = first[: len(first) - len(repeat)]  # the two-byte zlib header, then the same block
-    blocks, rest = divmod(height, rows_per_block)
-    tail = compressor.compress(row * rest) + compressor.flush(zlib.Z_FULL_FLUSH) if rest else b""
-    size = len(row) * height
-    data = header + repeat * blocks + tail + b"\x03\x00" + struct.pack(">I", ((size % 65521) << 16) | 1)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
-
-
-def jpeg_declaring(width: int, height: int) -> bytes:
-    """A real 48 x 64 JPEG whose start-of-frame header claims width x height."""
-    ok, encoded = cv2.imencode(".jpg", np.full((48, 64, 3), 120, np.uint8))
-    data = bytearray(encoded.tobytes())
-    frame = data.find(b"\xff\xc0")
-    data[frame + 5 : frame + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def test_the_png_maker_makes_real_pngs():
