@@ -115,6 +115,8 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{path} holds types featx does not trust ({_untrusted_names(error)}); "
             "only load bundles made by featx train"
         ) from None
+    except MemoryError:
+        raise
     except Exception as error:  # noqa: BLE001 - a damaged zip fails in many ways (zlib, json, zipfile, numpy)
         # Only skops' parsing ran (untrusted types are refused before anything is built): any failure
         # here means the file is damaged, not that featx is.
