@@ -253,24 +253,26 @@ def _stream_features(items, backbones, needs, feeding: _Feeding, timer: _Timer, 
 # public API
 
 
-def features_for_files(files, backbone, *, tta=None, crop=False, batch_size=32, workers=None):
+def features_for_files(files, backbones, *, tta=None, crop=False, batch_size=32, workers=None):
     """Decode and extract a list of image files in memory (what `featx predict` runs).
 
+    backbones: one backbone, or several whose features are put side by side (each image decoded once).
     Returns (features (n, D) float32, kept paths, [(path, reason)] skipped).
     """
+    backbones = list(backbones) if isinstance(backbones, (list, tuple)) else [backbones]
     items = [_Item(path=str(f), file=Path(f), label=-1) for f in files]
     feeding = _Feeding(batch_size=batch_size, workers=_workers(workers), tta=tta, crop=crop)
     feats, kept, skipped = [], [], []
-    for decoded, results in _stream_features(items, [backbone], [None], feeding, _Timer()):
+    for decoded, results in _stream_features(items, backbones, [None] * len(backbones), feeding, _Timer()):
         for item, arrays, reason in decoded:
             if arrays is None:
                 skipped.append((item.path, reason))
             else:
-                feats.append(results[0][item.path])
+                feats.append(np.hstack([results[b][item.path] for b in range(len(backbones))]))
                 kept.append(item.path)
     if feats:
         return np.concatenate(feats).astype(np.float32), kept, skipped
-    return np.zeros((0, backbone.feature_dim), np.float32), kept, skipped
+    return np.zeros((0, sum(b.feature_dim for b in backbones)), np.float32), kept, skipped
 
 
 def _workers(workers):
