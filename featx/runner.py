@@ -73,6 +73,14 @@ class ExtractResult:
 
     def timing_line(self) -> str:
         t = self.timings
+        if t.get("engine") == "ray":
+            return (
+                f"{self.images_processed} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) on Ray, "
+                f"{t['actors']} backbone actor(s): decode {t['decode']:.1f} s (summed over Ray tasks), "
+                f"inference {t['inference']:.1f} s (summed over actors), write {t['write']:.1f} s, "
+                f"waiting for Ray {t['wait']:.1f} s ({t['first_batch']:.1f} s of it until the first batch: "
+                "actors starting)"
+            )
         workers = t.get("workers", 1)
         where = f"summed over {workers} threads" if workers else "in the main thread"
         return (
@@ -328,14 +336,16 @@ def _backbone_names(backbone) -> list[str]:
 
 def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
             image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
-            tta=None, crop=False, seed=0, workers=None, overwrite=False, progress=True,
-            log: Callable[[str], object] = print) -> ExtractResult:
+            tta=None, crop=False, seed=0, workers=None, engine="local", address=None, gpus_per_worker=0,
+            overwrite=False, progress=True, log: Callable[[str], object] = print) -> ExtractResult:
     """Extract features of every image under `dataset` into HDF5 feature files; resumable.
 
     backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
     A dataset with train/val/test folders gives one file per split with one shared class list.
     Rerunning continues an interrupted extraction; a run whose recipe differs from the existing
     file's (any key, e.g. --crop or --augment) is refused unless `overwrite`.
+    engine: "local" (decoding threads, `workers` of them) or "ray" (Ray Data: `workers` backbone actors with
+    `gpus_per_worker` GPUs each, on the cluster at `address` or RAY_ADDRESS, else on a local Ray instance).
     """
     root = Path(dataset)
     if not root.is_dir():
@@ -350,6 +360,16 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
         raise FeatxError(f"--batch-size and --buffer-size must be at least 1, got {batch_size} and {buffer_size}")
     if dtype not in ("float32", "float16"):
         raise FeatxError(f"unknown --dtype {dtype!r}: use float32 or float16")
+    if engine not in ("local", "ray"):
+        raise FeatxError(f"unknown --engine {engine!r}: use local or ray")
+    engine_options = {}
+    if engine == "ray":
+        from featx.engines import ray as ray_engine  # only here: featx runs without Ray installed
+
+        ray_engine.connect(address, log=log)  # a wrong --address fails now, before any backbone loads
+        engine_options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+    elif address or gpus_per_worker:
+        raise FeatxError("--address and --gpus-per-worker are options of --engine ray")
     feeding = _Feeding(batch_size=batch_size, workers=_workers(workers), tta="flip" if tta == "flip" else None,
                        crop=bool(crop), seed=int(seed))
 
@@ -362,8 +382,9 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
         models.append(registry.get_backbone(name, weights=weights, pooling=pooling, image_size=image_size,
                                             layer=layer))
 
-    run = _Extraction(models, outputs, feeding, buffer_size=buffer_size, dtype=dtype, overwrite=overwrite,
-                      progress=progress, log=log)
+    extraction = ray_engine.RayExtraction if engine == "ray" else _Extraction
+    run = extraction(models, outputs, feeding, buffer_size=buffer_size, dtype=dtype, overwrite=overwrite,
+                     progress=progress, log=log, **engine_options)
     t_start = time.perf_counter()
     if augment and split_roots:
         log(f"augmenting the train split only ({augment} copies per image): "
