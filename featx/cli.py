@@ -42,7 +42,8 @@ def _cmd_extract(args):
         args.dataset, args.output, backbone=args.backbone, weights=args.weights, pooling=args.pooling,
         image_size=args.image_size, layer=args.layer, batch_size=args.batch_size,
         buffer_size=args.buffer_size, dtype=args.dtype, augment=args.augment, tta=args.tta,
-        crop=args.crop, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+        crop=args.crop, seed=args.seed, workers=args.workers, engine=args.engine, address=args.address,
+        gpus_per_worker=args.gpus_per_worker, overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(result)
@@ -138,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--augment", type=int, default=0, metavar="K", help="also write K augmented copies per image")
     s.add_argument("--tta", choices=["flip"], help="store the mean of the image's and its mirror's features")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, help="decoding threads (default: min(4, cores))")
+    s.add_argument("--workers", type=int,
+                   help="decoding threads (default: min(4, cores)); with --engine ray, backbone actors "
+                   "(default: one per node, or per --gpus-per-worker GPUs)")
+    s.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: Ray Data on a cluster or a local Ray (pip install 'featx[ray]')")
+    s.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start Ray here)")
+    s.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per backbone actor (Ray)")
     s.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_extract)
