@@ -182,18 +182,18 @@ class RayExtraction(_Extraction):
     def __init__(self, *args, address=None, workers=None, gpus_per_worker=0, **kwargs):
         super().__init__(*args, **kwargs)
         self.address = address
-        self.workers = workers
         self.gpus_per_worker = float(gpus_per_worker or 0)
         if self.gpus_per_worker < 0:
             raise FeatxError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
+        # Checked now, before any writer opens: a cluster too small for the actors asked for is a usage error.
+        self.actors = actors_for(connect(address, log=self.log), workers, self.gpus_per_worker)
+        self.timer.t.update(engine="ray", actors=self.actors, first_batch=0.0)
 
     def _run(self, items, writers, needs, feeding, desc: str) -> list[tuple[str, str]]:
         """Decode, infer and write every item on Ray; returns the (path, reason) of those skipped."""
         if not items:
             return []
         ray = connect(self.address, log=self.log)
-        actors = actors_for(ray, self.workers, self.gpus_per_worker)
-        self.timer.t.update(engine="ray", actors=actors, first_batch=self.timer.t.get("first_batch", 0.0))
         sizes = sorted({model.input_size for model in self.models})
         dataset = (
             _listing(ray, items, needs, rows_per_block=max(feeding.batch_size, math.ceil(len(items) / _MAX_BLOCKS)))
@@ -201,7 +201,7 @@ class RayExtraction(_Extraction):
                          fn_kwargs=dict(sizes=sizes, augment=feeding.augment, tta=feeding.tta, crop=feeding.crop,
                                         seed=feeding.seed))
             .map_batches(BackboneActor, batch_size=feeding.batch_size, batch_format="numpy",
-                         compute=ray.data.ActorPoolStrategy(size=actors),
+                         compute=ray.data.ActorPoolStrategy(size=self.actors),
                          # With the decode tasks' resources (CPU only), Ray fuses decoding into the actor:
                          # measured no slower on CPUs, where inference is 95% of the work. GPU actors are
                          # never fused, so decoding stays on the cluster's CPUs while the GPUs infer.
