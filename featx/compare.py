@@ -65,7 +65,7 @@ def compare(
     split = load_split(files, test=tests, test_size=float(test_size), ordinal=ordinal, folds=folds, seed=seed,
                        log=log, same_decoding=False)
     head_names = choose_heads(heads, split, folds=folds, log=log)
-    labels = _labels(files)
+    labels = _labels(files, split)
     variants = [(label, [i]) for i, label in enumerate(labels)]
     if fuse and len(files) > 1:
         if _decoded_alike(split):
@@ -100,14 +100,16 @@ def compare(
         page = build_report(Path(output) / f"{name}-compare.html", head, summary,
                             variant.all_rows if variant.all_rows is not None else variant.train, variant.test,
                             seed=seed, log=log)
-    text = _compare_report(rows, best, metric, files, tests, page)
+    text = _compare_report(rows, best, metric, files, tests, labels, page)
     return CompareResult(rows=rows, best=best, metric=metric, report=text, report_page=page)
 
 
-def _labels(files: list[Path]) -> list[str]:
-    """How the leaderboard names each file: its stem, or its path where stems repeat."""
-    stems = [f.stem for f in files]
-    return stems if len(set(stems)) == len(stems) else [str(f) for f in files]
+def _labels(files: list[Path], split) -> list[str]:
+    """How the leaderboard names each file: its backbone, else its stem, else its path (the first that differ)."""
+    for labels in ([recipe.backbone for recipe in split.recipes], [f.stem for f in files], [str(f) for f in files]):
+        if len(labels) == len(files) and len(set(labels)) == len(labels):
+            return labels
+    return [str(f) for f in files]
 
 
 def _decoded_alike(split) -> bool:
@@ -119,7 +121,7 @@ def _shown(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _compare_report(rows, best, metric, files, tests, page) -> str:
+def _compare_report(rows, best, metric, files, tests, labels, page) -> str:
     interval = best.get(f"{metric}_ci")
     lines = [
         leaderboard_table(rows),
@@ -129,16 +131,15 @@ def _compare_report(rows, best, metric, files, tests, page) -> str:
         "",
         f"best recipe by {metric}: {best['features']} with {best['head']} ({metric} {_shown(best.get(metric))}"
         + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + ")",
-        "train it: featx train " + _train_command(best, files, tests),
+        "train it: featx train " + _train_command(best, files, tests, labels),
     ]
     if page is not None:
         lines += ["", str(page)]
     return "\n".join(lines)
 
 
-def _train_command(best, files: list[Path], tests: list[Path] | None) -> str:
+def _train_command(best, files: list[Path], tests: list[Path] | None, labels: list[str]) -> str:
     """The `featx train` arguments that train the best row's features and head."""
-    labels = _labels(files)
     fused = best["features"].startswith("fused: ")
     chosen = [i for i, label in enumerate(labels) if fused or label == best["features"]]
     words = [str(files[i]) for i in chosen]

@@ -99,7 +99,7 @@ def test_compare_ranks_each_file_and_the_fusion_on_the_same_rows(two_backbones, 
     trains = [files[("train", b)] for b in BACKBONES]
     vals = [files[("val", b)] for b in BACKBONES]
     result = compare(trains, test=vals, heads="logreg,mlp", output=tmp_path, bootstrap=100, **QUIET)
-    labels = [trains[0].stem, trains[1].stem, f"fused: {trains[0].stem} + {trains[1].stem}"]
+    labels = [*BACKBONES, "fused: " + " + ".join(BACKBONES)]  # the backbones tell these files apart
     assert [(row["features"], row["head"]) for row in result.rows] == [
         (label, head) for label in labels for head in ("logreg", "mlp")]
     assert [row["dims"] for row in result.rows[::2]] == [1280, 1280, 2560]
