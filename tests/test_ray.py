@@ -179,6 +179,8 @@ def test_joblib_work_runs_as_ray_tasks(ray_address):
     here = search.fit(X, y).best_params_
     with joblib_on_ray(log=lambda *a: None):
         pids = joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(4))
+        # A thread preference is only a default: the Ray backend takes over from it too.
+        pids += joblib.Parallel(n_jobs=2, prefer="threads")(joblib.delayed(os.getpid)() for _ in range(4))
         on_ray = search.fit(X, y).best_params_
     assert os.getpid() not in pids  # Ray worker processes did the work
     assert on_ray == here

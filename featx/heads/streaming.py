@@ -141,8 +141,9 @@ class SGDHead(ClassifierMixin, BaseEstimator):
         model.coef_, model.intercept_ = coef, intercept
         self.estimator_ = model
         self.alpha_ = float(self.alphas[chosen])
-        self.best_score_ = -float(loss)  # held-out log loss, negated: higher is better, as scikit-learn scores are
-        self.n_epochs_ = best_epoch
+        # Named as MLPHead's are, so the leaderboard shows "alpha=..., epochs=..." for it too.
+        self.validation_loss_ = float(loss)
+        self.best_epoch_ = best_epoch
         self.held_out_rows_ = int(len(held_out))
         return self
 
