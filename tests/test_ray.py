@@ -184,3 +184,23 @@ def test_joblib_work_runs_as_ray_tasks(ray_address):
         on_ray = search.fit(X, y).best_params_
     assert os.getpid() not in pids  # Ray worker processes did the work
     assert on_ray == here
+
+
+def test_cli_refuses_an_address_nobody_answers_on_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = make_dataset(tmp_path / "data", n=1)
+    done = subprocess.run([sys.executable, "-m", "featx", "extract", str(data), "--engine", "ray", "--address",
+                           f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(f"featx: error: no Ray cluster answers at 127.0.0.1:{port}")
+    assert "Traceback" not in done.stderr
+
+
+def test_import_featx_and_help_load_no_ray():
+    code = "import sys, featx, featx.cli; featx.cli.build_parser(); print(sorted(m for m in sys.modules if m == 'ray'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +61,7 @@ def connect(address=None, *, log=print):
         quiet = dict(logging_level=logging.ERROR, log_to_driver=False)
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
+            _check_reachable(address)
             try:
                 ray.init(address=address, **quiet)
             except Exception as error:  # ConnectionError, ValueError, or Ray's own: all mean "not there"
@@ -74,6 +76,19 @@ def connect(address=None, *, log=print):
         log(f"running on {where}: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs")
     _quiet_ray_data()
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a HOST:PORT nobody listens on at once: Ray itself retries such an address for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://...": Ray's own forms, checked by Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise FeatxError(f"no Ray cluster answers at {address} ({error.strerror or error}); start one with "
+                         "`ray start --head` and pass the address it prints, or leave out --address "
+                         "to run on this machine") from None
 
 
 def _quiet_ray_data():
