@@ -152,6 +152,53 @@ def test_ray_driver_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path,
     assert_same_rows(out, tmp_path / "reference.h5")
 
 
+def _descendants(pid: int) -> list[int]:
+    """Processes below `pid` (this test's own Ray: raylet, workers), never another user's Ray."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_ray_backbone_actor_killed_mid_run_is_restarted_and_the_rows_are_complete(tmp_path, ray_address, monkeypatch):
+    from featx.engines import ray as engine
+
+    data = make_dataset(tmp_path / "data", n=60)
+    out = tmp_path / "lost.h5"
+    killed, tried = [], []
+    real = engine._write_group
+
+    def write_then_kill_the_actor(*args, **kwargs):
+        # In the driver, right after the first shard: the actor is mid-run with most images still to do.
+        real(*args, **kwargs)
+        if list(Path(f"{out}.parts").glob("shard-*.h5")) and not tried:
+            tried.append(True)
+            for pid in _descendants(os.getpid()):
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if title.startswith("ray::MapWorker"):  # the backbone actor
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+    monkeypatch.setattr(engine, "_write_group", write_then_kill_the_actor)
+    result = extract(data, out, batch_size=2, buffer_size=2, engine="ray", **OPTIONS)
+    assert killed, "no backbone actor was found to kill"
+    assert result.rows == 120 and result.images_processed == 120
+    extract(data, tmp_path / "reference.h5", batch_size=2, buffer_size=2, **OPTIONS)
+    assert_same_rows(out, tmp_path / "reference.h5")
+
+
 def test_ray_usage_errors_say_what_to_do(tmp_path, ray_address):
     data = make_dataset(tmp_path / "data", n=2)
     with pytest.raises(FeatxError, match="use at most 1"):
