@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         return 0
 
     from featx.engines.ray import connect
-    from featx.runner import extract
+    from featx.extract import extract
 
     started = time.perf_counter()
     connect(log=print)

@@ -36,7 +36,7 @@ def _cmd_backbones(args):
 
 
 def _cmd_extract(args):
-    from featx.runner import extract
+    from featx.extract import extract
 
     result = extract(
         args.dataset, args.output, backbone=args.backbone, weights=args.weights, pooling=args.pooling,

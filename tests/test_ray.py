@@ -21,7 +21,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featx[ray]' (the [test] extra has it)")
 
 from featx import FeatxError  # noqa: E402 - after the skip: nothing here runs without Ray
-from featx.runner import extract  # noqa: E402
+from featx.extract import extract  # noqa: E402
 from featx.store import FeatureStore  # noqa: E402
 
 SIZE = 48  # small inputs keep random-weight backbones fast; the plumbing is the same at 224
@@ -107,11 +107,11 @@ KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
 from featx.engines import ray as engine
-from featx.runner import extract
+from featx.extract import extract
 
 data, out, ready, address = sys.argv[1:5]
 parts = Path(out + ".parts")
-real = engine._write_group
+real = engine.write_group
 
 def write_then_stall(*args, **kwargs):
     # Stall in the driver once shards are on disk: the parent kills us here, with rows flushed,
@@ -121,7 +121,7 @@ def write_then_stall(*args, **kwargs):
         Path(ready).write_text("ready")
         time.sleep(3600)
 
-engine._write_group = write_then_stall
+engine.write_group = write_then_stall
 extract(data, out, backbone="efficientnet_lite0", weights="none", image_size=48, batch_size=2, buffer_size=2,
         engine="ray", address=address, progress=False, log=lambda *a: None)
 """
@@ -175,7 +175,7 @@ def test_ray_backbone_actor_killed_mid_run_is_restarted_and_the_rows_are_complet
     data = make_dataset(tmp_path / "data", n=60)
     out = tmp_path / "lost.h5"
     killed, tried = [], []
-    real = engine._write_group
+    real = engine.write_group
 
     def write_then_kill_the_actor(*args, **kwargs):
         # In the driver, right after the first shard: the actor is mid-run with most images still to do.
@@ -191,7 +191,7 @@ def test_ray_backbone_actor_killed_mid_run_is_restarted_and_the_rows_are_complet
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
 
-    monkeypatch.setattr(engine, "_write_group", write_then_kill_the_actor)
+    monkeypatch.setattr(engine, "write_group", write_then_kill_the_actor)
     result = extract(data, out, batch_size=2, buffer_size=2, engine="ray", **OPTIONS)
     assert killed, "no backbone actor was found to kill"
     assert result.rows == 120 and result.images_processed == 120

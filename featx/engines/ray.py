@@ -2,7 +2,7 @@
 
 The driver lists the images with `featx.images` (the listing is what resume and the shared class
 list of split folders are keyed on, so it must be the local engine's). Ray Data then carries the
-listed files through two steps: decode tasks that read and decode with the runner's own `_decode`
+listed files through two steps: decode tasks that read and decode with the runner's own `decode`
 (so features and skipped reasons match the local engine's exactly), and an actor pool
 (`map_batches` with a callable class) that builds each backbone once per actor, with `num_gpus`
 per actor when asked. The driver appends every output batch to the crash-safe
@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from featx.errors import FeatxError
-from featx.runner import _decode, _Extraction, _features_for_group, _Item, _write_group
+from featx.runner import Extraction, Item, decode, features_for_group, write_group
 
 __all__ = ["RayExtraction", "connect", "joblib_on_ray"]
 
@@ -135,7 +135,7 @@ def actors_for(ray, workers, gpus_per_worker) -> int:
 
 
 def decode_batch(batch: dict, *, sizes, augment, tta, crop, seed) -> dict:
-    """Ray task: read and decode a batch of listed files with the runner's `_decode`.
+    """Ray task: read and decode a batch of listed files with the runner's `decode`.
 
     Pixels go out as (n, copies, size, size, 3) uint8 per input size; a skipped file keeps zeros and its reason.
     """
@@ -145,8 +145,8 @@ def decode_batch(batch: dict, *, sizes, augment, tta, crop, seed) -> dict:
     reasons = np.full(n, "", dtype=object)
     seconds = np.zeros(n)
     for i in range(n):
-        item = _Item(path=str(batch["path"][i]), file=Path(str(batch["file"][i])), label=int(batch["label"][i]))
-        arrays, reason, seconds[i] = _decode(item, sizes, augment=augment, tta=tta, crop=crop, seed=seed)
+        item = Item(path=str(batch["path"][i]), file=Path(str(batch["file"][i])), label=int(batch["label"][i]))
+        arrays, reason, seconds[i] = decode(item, sizes, augment=augment, tta=tta, crop=crop, seed=seed)
         if arrays is None:
             reasons[i] = reason
         else:
@@ -179,7 +179,7 @@ class BackboneActor:
             features = np.zeros((n, rows_per_image, backbone.feature_dim), np.float32)
             take = np.flatnonzero(decoded & np.asarray(batch[f"need_{b}"], dtype=bool))
             if take.size:
-                rows = _features_for_group(backbone, [{backbone.input_size: pixels[i]} for i in take], tta=self.tta,
+                rows = features_for_group(backbone, [{backbone.input_size: pixels[i]} for i in take], tta=self.tta,
                                            batch_size=self.batch_size)
                 features[take] = np.stack(rows)
             out[f"features_{b}"] = features
@@ -191,8 +191,8 @@ class BackboneActor:
 # the driver
 
 
-class RayExtraction(_Extraction):
-    """The runner's `_Extraction` (writers, resume, summaries) with images decoded and inferred on Ray."""
+class RayExtraction(Extraction):
+    """The runner's `Extraction` (writers, resume, summaries) with images decoded and inferred on Ray."""
 
     def __init__(self, *args, address=None, workers=None, gpus_per_worker=0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -243,7 +243,7 @@ class RayExtraction(_Extraction):
                 decoded, results = _unpack(batch, len(writers))
                 skips += [(item.path, reason) for item, arrays, reason in decoded if arrays is None]
                 for b, writer in enumerate(writers):
-                    _write_group(writer, decoded, results[b], needs[b])
+                    write_group(writer, decoded, results[b], needs[b])
                 self.timer.add("write", time.perf_counter() - t0)
                 self.timer.add("decode", float(np.sum(batch["decode_s"])))
                 self.timer.add("inference", float(np.sum(batch["inference_s"])))
@@ -273,7 +273,7 @@ def _unpack(batch: dict, n_backbones: int):
     """One output batch as the runner's (decoded, results): [(item, arrays or None, reason)], {b: {path: rows}}."""
     paths = [str(p) for p in batch["path"]]
     reasons = [str(r) for r in batch["reason"]]
-    decoded = [(_Item(path=path, file=None, label=int(label)), None if reason else _DECODED, reason or None)
+    decoded = [(Item(path=path, file=None, label=int(label)), None if reason else _DECODED, reason or None)
                for path, label, reason in zip(paths, batch["label"], reasons)]
     results = {}
     for b in range(n_backbones):
