@@ -24,7 +24,7 @@ from featx._version import __version__  # noqa: E402
 from featx.errors import FeatxError  # noqa: E402
 
 _PUBLIC = {
-    "extract": "featx.runner",
+    "extract": "featx.extract",
     "train": "featx.train",
     "evaluate": "featx.evaluate",
     "predict": "featx.predict",

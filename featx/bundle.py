@@ -53,19 +53,22 @@ class Bundle:
                              "use .recipes")
         return self.recipes[0] if self.recipes else None
 
-    def check_features(self, store) -> None:
-        """Refuse a feature file (a FeatureStore) that is not the space this head was trained in."""
-        if len(self.recipes) > 1:
-            raise FeatxError(f"{self.path} was trained on {len(self.recipes)} fused feature files; "
-                             "give it the same files, fused")
-        differences = mismatch(self.recipe, store.recipe, FEATURE_KEYS)
-        if differences:
-            raise FeatxError(f"{store.path} holds features made differently from the model's ({differences}); "
-                             "extract features with the model's recipe")
-        expected = getattr(self.head, "n_features_in_", None)
-        if expected is not None and store.dim != expected:
-            raise FeatxError(f"{store.path} has {store.dim} features per row but the model expects {expected}; "
-                             "extract features with the model's recipe")
+    def check_features(self, stores) -> None:
+        """Refuse feature files (FeatureStores; one per fused recipe) that are not the space this head knows."""
+        stores = list(stores) if isinstance(stores, (list, tuple)) else [stores]
+        if len(stores) != max(1, len(self.recipes)):
+            raise FeatxError(f"{self.path or 'the model'} was trained on {len(self.recipes)} fused feature file(s) "
+                             f"but got {len(stores)}; give one file per recipe, in the order trained "
+                             f"({', '.join(recipe.backbone for recipe in self.recipes)})")
+        for recipe, store in zip(self.recipes or [None], stores):
+            differences = mismatch(recipe, store.recipe, FEATURE_KEYS)
+            if differences:
+                raise FeatxError(f"{store.path} holds features made differently from the model's ({differences}); "
+                                 "extract features with the model's recipe")
+        dim, expected = sum(store.dim for store in stores), getattr(self.head, "n_features_in_", None)
+        if expected is not None and dim != expected:
+            raise FeatxError(f"{', '.join(str(s.path) for s in stores)}: {dim} features per row but the model "
+                             f"expects {expected}; extract features with the model's recipe")
 
 
 def save_bundle(

@@ -36,13 +36,14 @@ def _cmd_backbones(args):
 
 
 def _cmd_extract(args):
-    from featx.runner import extract
+    from featx.extract import extract
 
     result = extract(
         args.dataset, args.output, backbone=args.backbone, weights=args.weights, pooling=args.pooling,
         image_size=args.image_size, layer=args.layer, batch_size=args.batch_size,
         buffer_size=args.buffer_size, dtype=args.dtype, augment=args.augment, tta=args.tta,
-        crop=args.crop, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+        crop=args.crop, seed=args.seed, workers=args.workers, engine=args.engine, address=args.address,
+        gpus_per_worker=args.gpus_per_worker, overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(result)
@@ -51,12 +52,13 @@ def _cmd_extract(args):
 def _cmd_train(args):
     from featx.train import train
 
-    result = train(
-        args.features, test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
-        class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None, n_jobs=args.n_jobs,
-        output=args.output, seed=args.seed, progress=not args.quiet, report=not args.no_report,
-    )
-    print(result)
+    print(train(args.features, **_stage2_kwargs(args)))
+
+
+def _cmd_compare(args):
+    from featx.compare import compare
+
+    print(compare(args.features, fuse=not args.no_fuse, **_stage2_kwargs(args)))
 
 
 def _cmd_report(args):
@@ -82,6 +84,28 @@ def _cmd_demo(args):
     from featx.demo import run_demo
 
     run_demo(workdir=args.workdir, backbone=args.backbone, weights=args.weights)
+
+
+def _stage2_options(s) -> None:
+    """The options train and compare share."""
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--test", nargs="+", help="feature file(s) to test on, one per training file (e.g. x-val.h5)")
+    g.add_argument("--test-size", type=float, default=0.25, help="held-out fraction (default 0.25)")
+    s.add_argument("--heads", default="logreg", help="comma-separated: logreg,svm,svm-rbf,ridge,ordinal,mlp or all")
+    s.add_argument("--folds", type=int, help="K fold models whose probabilities are averaged")
+    s.add_argument("--class-weight", choices=["balanced"])
+    s.add_argument("--metric", default="accuracy", choices=["accuracy", "f1_macro", "qwk"])
+    s.add_argument("--ordinal", action="store_true", help="treat classes as ordered grades")
+    s.add_argument("-j", "--n-jobs", "--jobs", dest="n_jobs", type=int, help="parallel fits (default: all cores)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress line while a head fits")
+    s.add_argument("--no-report", action="store_true", help="skip the HTML report page and label-issue CSV")
+
+
+def _stage2_kwargs(args) -> dict:
+    return dict(test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
+                class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None, n_jobs=args.n_jobs,
+                output=args.output, seed=args.seed, progress=not args.quiet, report=not args.no_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,31 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--augment", type=int, default=0, metavar="K", help="also write K augmented copies per image")
     s.add_argument("--tta", choices=["flip"], help="store the mean of the image's and its mirror's features")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, help="decoding threads (default: min(4, cores))")
+    s.add_argument("--workers", type=int,
+                   help="decoding threads (default: min(4, cores)); with --engine ray, backbone actors "
+                   "(default: one per node, or per --gpus-per-worker GPUs)")
+    s.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: Ray Data on a cluster or a local Ray (pip install 'featx[ray]')")
+    s.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start Ray here)")
+    s.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per backbone actor (Ray)")
     s.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_extract)
 
     s = sub.add_parser("train", help="train classifier heads on a feature file and compare them")
-    s.add_argument("features")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--test", help="a separate feature file to test on (e.g. features/x-val.h5)")
-    g.add_argument("--test-size", type=float, default=0.25, help="held-out fraction (default 0.25)")
-    s.add_argument("--heads", default="logreg", help="comma-separated: logreg,svm,svm-rbf,ridge,ordinal,mlp or all")
-    s.add_argument("--folds", type=int, help="K fold models whose probabilities are averaged")
-    s.add_argument("--class-weight", choices=["balanced"])
-    s.add_argument("--metric", default="accuracy", choices=["accuracy", "f1_macro", "qwk"])
-    s.add_argument("--ordinal", action="store_true", help="treat classes as ordered grades")
-    s.add_argument("-j", "--n-jobs", "--jobs", dest="n_jobs", type=int, help="parallel fits (default: all cores)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("features", nargs="+", help="a feature file, or several of the same images to fuse")
+    _stage2_options(s)
     s.add_argument("-o", "--output", default="models", help="folder for model bundles (default: models/)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress line while a head fits")
-    s.add_argument("--no-report", action="store_true", help="skip the HTML report page and label-issue CSV")
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("compare", help="the same heads on each feature file and on their fusion: the best recipe")
+    s.add_argument("features", nargs="+", help="feature files of the same images (other backbones or recipes)")
+    _stage2_options(s)
+    s.add_argument("--no-fuse", action="store_true", help="compare the files one by one only")
+    s.add_argument("-o", "--output", default="models", help="folder for the report page (default: models/)")
+    s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("evaluate", help="report a saved model on another feature file")
     s.add_argument("bundle")
-    s.add_argument("features")
+    s.add_argument("features", nargs="+", help="a feature file (one per recipe for a fused model)")
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("report", help="an HTML page of a bundle on a labelled feature file, with likely label errors")

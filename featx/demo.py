@@ -10,8 +10,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from featx.extract import extract
 from featx.predict import predict
-from featx.runner import extract
 from featx.train import train
 
 # Not bare "0".."9": integer class names would make featx treat the digits as ordered grades.

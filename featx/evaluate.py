@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from featx.bundle import as_bundle
 from featx.errors import FeatxError
 from featx.report import leaderboard_table
-from featx.rows import read_rows
+from featx.rows import read_fused
 from featx.scoring import details, score_row
 from featx.store import FeatureStore
 
@@ -36,12 +37,17 @@ class EvalResult:
 
 
 def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], object] = print) -> EvalResult:
-    """Score a saved bundle (path or Bundle) on another labelled feature file, original rows only."""
+    """Score a saved bundle (path or Bundle) on another labelled feature file, original rows only.
+
+    features: a file, or for a head trained on fused files, one file per recipe in the order trained.
+    """
     model = as_bundle(bundle)
-    features = Path(features)
-    with FeatureStore(features) as store:
-        model.check_features(store)
-        data = read_rows(store, model.label_names, log).originals()
+    files = [Path(features)] if isinstance(features, (str, Path)) else [Path(f) for f in features]
+    with ExitStack() as stack:
+        stores = [stack.enter_context(FeatureStore(f)) for f in files]
+        model.check_features(stores)
+        data = read_fused(stores, model.label_names, log).originals()
+    features = data.source
     if len(data) == 0:
         raise FeatxError(f"{features} has no labelled images to evaluate on; use `featx predict` for unlabelled images")
     y_pred = np.asarray(model.head.predict(data.X), dtype=np.int64)

@@ -52,11 +52,11 @@ def predict(bundle, images, *, output=None, batch_size: int = 32, log: Callable[
     files = _expand_images(images)
     output = Path("predictions.csv") if output is None else Path(output)
     writable_folder(output.parent, "-o", create=False)  # before the extraction, not after it
-    recipe = _single_recipe(model)
-    backbone = from_recipe(recipe)
-    log(f"extracting {len(files)} image(s) with {recipe.backbone} for {model.head_name}")
-    X, kept, skipped = features_for_files(files, backbone, tta=recipe.tta or None, crop=recipe.resize == "crop",
-                                          batch_size=batch_size)
+    recipes = _recipes(model)
+    backbones = [from_recipe(recipe) for recipe in recipes]  # fused bundles: each image decoded once for all
+    log(f"extracting {len(files)} image(s) with {' + '.join(r.backbone for r in recipes)} for {model.head_name}")
+    X, kept, skipped = features_for_files(files, backbones, tta=recipes[0].tta or None,
+                                          crop=recipes[0].resize == "crop", batch_size=batch_size)
     for path, reason in skipped:
         log(f"skipped {path}: {reason}")
     if not kept:
@@ -88,11 +88,11 @@ def predict(bundle, images, *, output=None, batch_size: int = 32, log: Callable[
     return PredictResult(output=output, rows=rows, skipped=list(skipped))
 
 
-def _single_recipe(model: Bundle):
+def _recipes(model: Bundle):
     if not model.recipes:
         raise FeatxError(f"{model.path} records no feature recipe (it was trained on a file without one), so featx "
                          "cannot extract features for it; use `featx evaluate` on features made the same way")
-    return model.recipe
+    return model.recipes
 
 
 def _expand_images(images) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from featx.errors import FeatxError
 
-__all__ = ["FEATURE_KEYS", "RECIPE_KEYS", "Recipe", "mismatch"]
+__all__ = ["DECODE_KEYS", "FEATURE_KEYS", "RECIPE_KEYS", "Recipe", "mismatch", "summary"]
 
 # What decides the feature space: two files agreeing on these hold comparable rows (a model trained on
 # one can score the other). float32 LiteRT and Keras give the same features, so the runtime is not here;
@@ -24,6 +24,8 @@ FEATURE_KEYS = ("backbone", "weights_sha256", "pooling", "layer", "image_size", 
 # What must match to append to an existing extraction: the feature space plus how rows were generated.
 # weights_source is provenance only: the same weights found at another path make the same features.
 RECIPE_KEYS = FEATURE_KEYS + ("augment", "seed")
+# How an image is fed to a backbone: recipes agreeing on these can share one decoding of each image.
+DECODE_KEYS = ("resize", "tta")
 
 _INT_FIELDS = ("image_size", "augment", "seed")
 
@@ -105,6 +107,17 @@ def mismatch(a: Recipe | None, b: Recipe | None, keys: Iterable[str] = RECIPE_KE
         return "recipe: " + ("not recorded vs recorded" if a is None else "recorded vs not recorded")
     return "; ".join(f"{key}: {_shown(getattr(a, key))} vs {_shown(getattr(b, key))}"
                      for key in a.differences(b, keys))
+
+
+def summary(recipes: list[Recipe]) -> dict[str, str | int]:
+    """One flat description of one recipe or of fused ones (values that differ joined by ' + ')."""
+    if not recipes:
+        return {}
+    described = {}
+    for key, value in recipes[0].to_attrs().items():
+        values = [recipe.to_attrs()[key] for recipe in recipes]
+        described[key] = value if all(v == value for v in values) else " + ".join(str(v) for v in values)
+    return described
 
 
 def _shown(value) -> str:

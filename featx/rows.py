@@ -7,6 +7,7 @@ scores are measured on original images only, never on augmented copies.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from sklearn.model_selection import train_test_split
 from featx.errors import FeatxError
 from featx.store import FeatureStore
 
-__all__ = ["Rows", "class_order", "grouped_train_test_split", "integer_names", "read_rows", "smallest_class"]
+__all__ = ["Rows", "class_order", "grouped_train_test_split", "integer_names", "read_fused", "read_rows",
+           "smallest_class"]
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
@@ -33,6 +35,7 @@ class Rows:
     paths: np.ndarray  # image path of each row, relative to `root` ("" when the file has none)
     root: str | None = None  # the dataset folder the paths are relative to, when recorded
     source: str = ""  # where the rows come from, in words
+    widths: tuple[int, ...] = ()  # feature widths of fused files, side by side in X; () for one file
 
     @classmethod
     def of(cls, X, y, paths=None, *, aug=None, root=None, source="") -> Rows:
@@ -48,8 +51,14 @@ class Rows:
         return len(self.y)
 
     def subset(self, rows) -> Rows:
-        return Rows(X=self.X[rows], y=self.y[rows], groups=self.groups[rows], aug=self.aug[rows],
-                    paths=self.paths[rows], root=self.root, source=self.source)
+        return dataclasses.replace(self, X=self.X[rows], y=self.y[rows], groups=self.groups[rows],
+                                   aug=self.aug[rows], paths=self.paths[rows])
+
+    def blocks(self, indices) -> Rows:
+        """Only the features of the fused files `indices` (positions in `widths`), side by side."""
+        edges = np.cumsum((0, *self.widths))
+        columns = np.concatenate([np.arange(edges[i], edges[i + 1]) for i in indices])
+        return dataclasses.replace(self, X=self.X[:, columns], widths=tuple(self.widths[i] for i in indices))
 
     def originals(self) -> Rows:
         """Only the rows of original images: scores are measured on those, never on augmented copies."""
@@ -107,6 +116,48 @@ def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[st
     every = Rows.of(X, mapped, store.paths if len(store.paths) == len(labels) else None, aug=store.aug,
                     root=store.dataset_root, source=str(store.path))
     return every if len(rows) == len(labels) else every.subset(rows)
+
+
+def read_fused(stores: Sequence[FeatureStore], class_names: Sequence[str], log: Callable[[str], object]) -> Rows:
+    """Labelled rows of feature files of the same images, each file's features side by side in X.
+
+    Rows are matched by image path and augmented copy, classes by name; files that do not hold
+    exactly the same images, or label one differently, are refused.
+    """
+    parts = [read_rows(store, class_names, log) for store in stores]
+    first = parts[0]
+    keys = _row_keys(first)
+    blocks = [first.X]
+    for store, part in zip(stores[1:], parts[1:]):
+        position = {key: i for i, key in enumerate(_row_keys(part))}
+        missing = [key for key in keys if key not in position]
+        if missing or len(position) != len(keys):
+            extra = sorted(set(position) - set(keys))
+            example = (missing or extra)[0][0]
+            raise FeatxError(
+                f"{stores[0].path} and {store.path} do not hold the same images ({len(missing)} only in the first, "
+                f"{len(extra)} only in the second, e.g. {example}); fuse files extracted from one dataset "
+                "(`featx extract DATASET --backbone a,b`)"
+            )
+        order = np.array([position[key] for key in keys])
+        relabelled = np.flatnonzero(part.y[order] != first.y)
+        if len(relabelled):
+            row = relabelled[0]
+            raise FeatxError(f"{stores[0].path} and {store.path} label {keys[row][0]} differently "
+                             f"({class_names[first.y[row]]} vs {class_names[part.y[order][row]]}); "
+                             "fuse files extracted from one dataset")
+        blocks.append(part.X[order])
+    return dataclasses.replace(first, X=np.hstack(blocks), widths=tuple(block.shape[1] for block in blocks),
+                               source=" + ".join(str(store.path) for store in stores))
+
+
+def _row_keys(rows: Rows) -> list[tuple[str, int]]:
+    """(image path, augmented copy) of each row: what identifies a row across feature files."""
+    keys = list(zip(rows.paths.tolist(), rows.aug.tolist()))
+    if not all(path for path, _ in keys) or len(set(keys)) != len(keys):
+        raise FeatxError(f"{rows.source} does not record one image path per row, so its rows cannot be matched "
+                         "with another file's; re-extract it with `featx extract`")
+    return keys
 
 
 def _finite(X: np.ndarray, source) -> np.ndarray:

@@ -14,7 +14,6 @@ import shutil
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,15 +21,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from featx import backbones as registry
 from featx import images
-from featx.atomic import writable_folder
 from featx.errors import FeatxError
 from featx.store import FeatureStore, HDF5DatasetWriter, parts_dir
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FEATURES_DIR = "features"
 
 
 @dataclass
@@ -74,6 +70,14 @@ class ExtractResult:
 
     def timing_line(self) -> str:
         t = self.timings
+        if t.get("engine") == "ray":
+            return (
+                f"{self.images_processed} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) on Ray, "
+                f"{t['actors']} backbone actor(s): decode {t['decode']:.1f} s (summed over Ray tasks), "
+                f"inference {t['inference']:.1f} s (summed over actors), write {t['write']:.1f} s, "
+                f"waiting for Ray {t['wait']:.1f} s ({t['first_batch']:.1f} s of it until the first batch: "
+                "actors starting)"
+            )
         workers = t.get("workers", 1)
         where = f"summed over {workers} threads" if workers else "in the main thread"
         return (
@@ -103,7 +107,7 @@ class ExtractResult:
 
 
 @dataclass
-class _Item:
+class Item:
     path: str  # relative to the dataset root: the key in the feature file
     file: Path  # where to read it
     label: int
@@ -115,7 +119,7 @@ def _image_rng(seed: int, path: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(path.encode("utf-8"))])
 
 
-def _decode(item: _Item, sizes, *, augment: int, tta: str | None, crop: bool, seed: int):
+def decode(item: Item, sizes, *, augment: int, tta: str | None, crop: bool, seed: int):
     """Decode one image into {size: uint8 array (copies, s, s, 3)}; copies = 1 + augment (x2 with TTA)."""
     t0 = time.perf_counter()
     image, reason = images.try_load_image(item.file)
@@ -134,18 +138,18 @@ def _decode(item: _Item, sizes, *, augment: int, tta: str | None, crop: bool, se
     return arrays, None, time.perf_counter() - t0
 
 
-def _decoded_stream(items, sizes, *, workers, prefetch, **options):
+def decoded_stream(items, sizes, *, workers, prefetch, **options):
     """Yield (item, arrays, reason, decode_seconds) in order, decoding up to `prefetch` images ahead."""
     if workers <= 0:
         for item in items:
-            yield (item, *_decode(item, sizes, **options))
+            yield (item, *decode(item, sizes, **options))
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featx-decode") as pool:
         pending = deque()
         it = iter(items)
         try:
             for item in it:
-                pending.append((item, pool.submit(_decode, item, sizes, **options)))
+                pending.append((item, pool.submit(decode, item, sizes, **options)))
                 if len(pending) >= prefetch:
                     head, fut = pending.popleft()
                     yield (head, *fut.result())
@@ -172,7 +176,7 @@ def _run_backbone(backbone, batch_uint8: np.ndarray, batch_size: int) -> np.ndar
     return np.concatenate(out) if out else np.zeros((0, backbone.feature_dim), np.float32)
 
 
-def _features_for_group(backbone, arrays_list, *, tta, batch_size):
+def features_for_group(backbone, arrays_list, *, tta, batch_size):
     """Features (rows, D) for a group of decoded images; TTA copies are averaged into their originals."""
     size = backbone.input_size
     stacked = np.concatenate([a[size] for a in arrays_list])
@@ -190,7 +194,7 @@ def _features_for_group(backbone, arrays_list, *, tta, batch_size):
     return rows
 
 
-class _Timer:
+class Timer:
     def __init__(self):
         self.t = {"decode": 0.0, "inference": 0.0, "write": 0.0, "wait": 0.0}
 
@@ -199,7 +203,7 @@ class _Timer:
 
 
 @dataclass(frozen=True)
-class _Feeding:
+class Feeding:
     """How images are decoded and fed to the backbones."""
 
     batch_size: int = 32
@@ -215,13 +219,13 @@ class _Feeding:
         return max(2 * self.batch_size, 4 * max(self.workers, 1))
 
 
-def _stream_features(items, backbones, needs, feeding: _Feeding, timer: _Timer, progress=None):
+def stream_features(items, backbones, needs, feeding: Feeding, timer: Timer, progress=None):
     """Yield ([(item, arrays or None, reason or None)], {backbone_index: {path: rows}}) batch by batch.
 
     needs[b] is the set of item paths backbone b still has to process (resume), or None for all.
     """
     sizes = sorted({b.input_size for b in backbones})
-    stream = _decoded_stream(items, sizes, workers=feeding.workers, prefetch=feeding.prefetch,
+    stream = decoded_stream(items, sizes, workers=feeding.workers, prefetch=feeding.prefetch,
                              augment=feeding.augment, tta=feeding.tta, crop=feeding.crop, seed=feeding.seed)
     while True:
         group = []
@@ -241,7 +245,7 @@ def _stream_features(items, backbones, needs, feeding: _Feeding, timer: _Timer, 
         for b_index, backbone in enumerate(backbones):
             want = [(item, arrays) for item, arrays, _ in decoded
                     if arrays is not None and (needs[b_index] is None or item.path in needs[b_index])]
-            rows = _features_for_group(backbone, [a for _, a in want], tta=feeding.tta,
+            rows = features_for_group(backbone, [a for _, a in want], tta=feeding.tta,
                                        batch_size=feeding.batch_size) if want else []
             results[b_index] = dict(zip((item.path for item, _ in want), rows))
         timer.add("inference", time.perf_counter() - t0)
@@ -254,134 +258,38 @@ def _stream_features(items, backbones, needs, feeding: _Feeding, timer: _Timer, 
 # public API
 
 
-def features_for_files(files, backbone, *, tta=None, crop=False, batch_size=32, workers=None):
+def features_for_files(files, backbones, *, tta=None, crop=False, batch_size=32, workers=None):
     """Decode and extract a list of image files in memory (what `featx predict` runs).
 
+    backbones: one backbone, or several whose features are put side by side (each image decoded once).
     Returns (features (n, D) float32, kept paths, [(path, reason)] skipped).
     """
-    items = [_Item(path=str(f), file=Path(f), label=-1) for f in files]
-    feeding = _Feeding(batch_size=batch_size, workers=_workers(workers), tta=tta, crop=crop)
+    backbones = list(backbones) if isinstance(backbones, (list, tuple)) else [backbones]
+    items = [Item(path=str(f), file=Path(f), label=-1) for f in files]
+    feeding = Feeding(batch_size=batch_size, workers=decode_workers(workers), tta=tta, crop=crop)
     feats, kept, skipped = [], [], []
-    for decoded, results in _stream_features(items, [backbone], [None], feeding, _Timer()):
+    for decoded, results in stream_features(items, backbones, [None] * len(backbones), feeding, Timer()):
         for item, arrays, reason in decoded:
             if arrays is None:
                 skipped.append((item.path, reason))
             else:
-                feats.append(results[0][item.path])
+                feats.append(np.hstack([results[b][item.path] for b in range(len(backbones))]))
                 kept.append(item.path)
     if feats:
         return np.concatenate(feats).astype(np.float32), kept, skipped
-    return np.zeros((0, backbone.feature_dim), np.float32), kept, skipped
+    return np.zeros((0, sum(b.feature_dim for b in backbones)), np.float32), kept, skipped
 
 
-def _workers(workers):
+def decode_workers(workers):
     if workers is None:
         return max(1, min(4, os.cpu_count() or 1))
     return int(workers)
 
 
-def _dataset_name(root: Path) -> str:
-    return root.resolve().name or "dataset"
-
-
-def _output_paths(root: Path, output, splits, backbone_names):
-    """{(split, backbone): Path}. Default features/<name>[-<split>][-<backbone> when several].h5."""
-    if output is None:
-        base = Path(DEFAULT_FEATURES_DIR) / f"{_dataset_name(root)}.h5"
-    else:
-        base = Path(output)
-        if base.suffix.lower() not in (".h5", ".hdf5"):
-            base = base.with_suffix(base.suffix + ".h5") if base.suffix else base.with_suffix(".h5")
-    out = {}
-    for split in splits:
-        for name in backbone_names:
-            stem = base.stem
-            if split is not None:
-                stem += f"-{split}"
-            if len(backbone_names) > 1:
-                stem += f"-{name}"
-            out[(split, name)] = base.with_name(stem + base.suffix)
-    return out
-
-
-def _list_splits(split_roots, seed) -> dict:
-    """List every split once and give them one shared, ordered class list (a class may be absent from a split)."""
-    listed = {split: images.list_dataset(path, seed=seed) for split, path in split_roots.items()}
-    names = images.sort_class_names(set().union(*(ds.label_names for ds in listed.values())))
-    shared = {}
-    for split, ds in listed.items():
-        to_shared = np.array([names.index(n) for n in ds.label_names] + [-1], dtype=np.int64)
-        # index -1 (unlabeled) maps to the appended -1
-        shared[split] = replace(ds, labels=to_shared[ds.labels], label_names=list(names))
-    return shared
-
-
-def _backbone_names(backbone) -> list[str]:
-    names = [b.strip() for b in (backbone.split(",") if isinstance(backbone, str) else backbone) if b.strip()]
-    if not names:
-        raise FeatxError("no backbone given")
-    if len(set(names)) != len(names):
-        raise FeatxError(f"backbone listed twice: {','.join(names)}")
-    return names
-
-
-def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
-            image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
-            tta=None, crop=False, seed=0, workers=None, overwrite=False, progress=True,
-            log: Callable[[str], object] = print) -> ExtractResult:
-    """Extract features of every image under `dataset` into HDF5 feature files; resumable.
-
-    backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
-    A dataset with train/val/test folders gives one file per split with one shared class list.
-    Rerunning continues an interrupted extraction; a run whose recipe differs from the existing
-    file's (any key, e.g. --crop or --augment) is refused unless `overwrite`.
-    """
-    root = Path(dataset)
-    if not root.is_dir():
-        what = "is a file, not a folder of images" if root.exists() else "not found"
-        raise FeatxError(f"dataset folder {root} {what}; pass a folder of class folders")
-    names = _backbone_names(backbone)
-    if tta not in (None, "", "none", "flip"):
-        raise FeatxError(f"unknown --tta {tta!r}: use 'flip'")
-    if augment < 0:
-        raise FeatxError(f"--augment must be 0 or more, got {augment}")
-    if batch_size < 1 or buffer_size < 1:
-        raise FeatxError(f"--batch-size and --buffer-size must be at least 1, got {batch_size} and {buffer_size}")
-    if dtype not in ("float32", "float16"):
-        raise FeatxError(f"unknown --dtype {dtype!r}: use float32 or float16")
-    feeding = _Feeding(batch_size=batch_size, workers=_workers(workers), tta="flip" if tta == "flip" else None,
-                       crop=bool(crop), seed=int(seed))
-
-    split_roots = images.find_splits(root)
-    splits = _list_splits(split_roots, seed) if split_roots else {None: images.list_dataset(root, seed=seed)}
-    outputs = _output_paths(root, output, list(splits), names)
-    for folder in sorted({out.parent for out in outputs.values()}):
-        # Before loading any backbone; nothing is created yet, in case a later check fails.
-        writable_folder(folder, "-o", create=False)
-    models = []
-    for name in names:
-        log(f"loading backbone {name} (weights: {weights})")
-        models.append(registry.get_backbone(name, weights=weights, pooling=pooling, image_size=image_size,
-                                            layer=layer))
-
-    run = _Extraction(models, outputs, feeding, buffer_size=buffer_size, dtype=dtype, overwrite=overwrite,
-                      progress=progress, log=log)
-    t_start = time.perf_counter()
-    if augment and split_roots:
-        log(f"augmenting the train split only ({augment} copies per image): "
-            "validation and test images are scored as they are")
-    processed = 0
-    for split, ds in splits.items():
-        # Augmented copies only help a head learn; stage 2 scores original images only.
-        processed += run.split(ds, split, augment=augment if split in (None, "train") else 0)
-    return ExtractResult(files=run.summaries, seconds=time.perf_counter() - t_start,
-                         images_processed=processed, timings=dict(run.timer.t, workers=feeding.workers))
-
-
-class _Extraction:
+class Extraction:
     """One `extract` call: the backbones, where each (split, backbone) goes, and what was written."""
 
-    def __init__(self, models, outputs, feeding: _Feeding, *, buffer_size, dtype, overwrite, progress, log):
+    def __init__(self, models, outputs, feeding: Feeding, *, buffer_size, dtype, overwrite, progress, log):
         self.models = models
         self.outputs = outputs
         self.feeding = feeding
@@ -390,7 +298,7 @@ class _Extraction:
         self.overwrite = overwrite
         self.progress = progress
         self.log = log
-        self.timer = _Timer()
+        self.timer = Timer()
         self.summaries: list[FileSummary] = []
 
     def split(self, ds, split, *, augment: int) -> int:
@@ -402,7 +310,7 @@ class _Extraction:
                 writers.append(self._open_writer(model, ds, split, feeding))
             needs = [{p for p in ds.paths if p not in w.done_paths} for w in writers]
             todo = set().union(*needs)
-            items = [_Item(path=p, file=Path(ds.root) / p, label=int(label))
+            items = [Item(path=p, file=Path(ds.root) / p, label=int(label))
                      for p, label in zip(ds.paths, ds.labels) if p in todo]
             if len(items) < len(ds):
                 what = f"{split} split" if split else "dataset"
@@ -427,7 +335,7 @@ class _Extraction:
                         logger.warning("could not save the last buffered rows: %s", abort_error)
             raise
 
-    def _open_writer(self, model, ds, split, feeding: _Feeding) -> HDF5DatasetWriter:
+    def _open_writer(self, model, ds, split, feeding: Feeding) -> HDF5DatasetWriter:
         out = self.outputs[(split, model.name)]
         exists = out.exists() or Path(parts_dir(out)).exists()
         recipe = model.recipe(resize="crop" if feeding.crop else "stretch", tta=feeding.tta or "",
@@ -444,17 +352,17 @@ class _Extraction:
             raise
         return writer
 
-    def _run(self, items, writers, needs, feeding: _Feeding, desc: str) -> list[tuple[str, str]]:
+    def _run(self, items, writers, needs, feeding: Feeding, desc: str) -> list[tuple[str, str]]:
         """Decode, infer and buffer every item; returns the (path, reason) of those skipped."""
         bar = tqdm(total=len(items), unit="img", desc=desc, disable=not self.progress or not items,
                    dynamic_ncols=True)
         skips = []
         try:
-            for decoded, results in _stream_features(items, self.models, needs, feeding, self.timer, bar):
+            for decoded, results in stream_features(items, self.models, needs, feeding, self.timer, bar):
                 t0 = time.perf_counter()
                 skips += [(item.path, reason) for item, arrays, reason in decoded if arrays is None]
                 for b, writer in enumerate(writers):
-                    _write_group(writer, decoded, results[b], needs[b])
+                    write_group(writer, decoded, results[b], needs[b])
                 self.timer.add("write", time.perf_counter() - t0)
         finally:
             bar.close()
@@ -478,7 +386,7 @@ class _Extraction:
                                           resumed=rows_before > 0))
 
 
-def _write_group(writer, decoded, rows_by_path, need):
+def write_group(writer, decoded, rows_by_path, need):
     feats, labels, paths, augs = [], [], [], []
     for item, arrays, reason in decoded:
         if item.path not in need:

@@ -18,7 +18,7 @@ from featx.report import (
     quadratic_weighted_kappa,
 )
 
-__all__ = ["METRICS", "best_head", "details", "score_row"]
+__all__ = ["METRICS", "best_head", "best_index", "details", "score_row"]
 
 METRICS = ("accuracy", "f1_macro", "qwk")
 
@@ -53,10 +53,15 @@ def details(head_name: str, y_true, y_pred, class_names: Sequence[str]) -> tuple
     return text, cm
 
 
-def best_head(rows: Sequence[dict], metric: str) -> str:
-    """The head with the highest test `metric`; the first of equals (the order asked for) wins."""
-    def score(row):
-        value = row.get(metric)
+def best_index(rows: Sequence[dict], metric: str) -> int:
+    """Position of the row with the highest test `metric`; the first of equals (the order asked for) wins."""
+    def score(index):
+        value = rows[index].get(metric)
         return -math.inf if value is None or not math.isfinite(value) else value
 
-    return max(rows, key=score)["head"]
+    return max(range(len(rows)), key=score)
+
+
+def best_head(rows: Sequence[dict], metric: str) -> str:
+    """The head with the highest test `metric`; the first of equals wins."""
+    return rows[best_index(rows, metric)]["head"]

@@ -3,14 +3,17 @@
 The leaderboard is the estimate: each head is fitted on the training rows and scored on rows it
 never saw (a separate --test file, or a seeded, stratified, grouped hold-out). The bundle gets the
 data: without a --test file, each head is then refitted on all labelled rows before it is saved.
+Several feature files of the same images (other backbones) are fused: rows matched by image,
+features side by side, every recipe recorded in the bundle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +32,10 @@ from featx.heads import (
     make_head,
     min_images_per_class,
 )
-from featx.recipe import Recipe
+from featx.recipe import DECODE_KEYS, Recipe, mismatch
+from featx.recipe import summary as recipe_summary
 from featx.report import ReportData, ReportResult, build_report, leaderboard_table, save_confusion_png
-from featx.rows import Rows, class_order, grouped_train_test_split, read_rows, smallest_class
+from featx.rows import Rows, class_order, grouped_train_test_split, read_fused, smallest_class
 from featx.scoring import METRICS, best_head, details, score_row
 from featx.store import FeatureStore, check_compatible
 
@@ -59,7 +63,7 @@ class TrainResult:
 
 
 @dataclass
-class _Split:
+class Split:
     """Training and test rows, ready for the heads."""
 
     train: Rows
@@ -71,9 +75,19 @@ class _Split:
     all_rows: Rows | None  # every labelled row of the training file, when the test rows were held out of it
     train_images_note: str = ""  # how the training images were counted, for messages
 
+    def blocks(self, indices) -> Split:
+        """The same split with only the features (and recipes) of the fused files `indices`."""
+        return dataclasses.replace(
+            self, train=self.train.blocks(indices), test=self.test.blocks(indices),
+            recipes=[self.recipes[i] for i in indices] if self.recipes else [],
+            all_rows=None if self.all_rows is None else self.all_rows.blocks(indices),
+        )
+
 
 @dataclass
-class _Options:
+class Options:
+    """How heads are built and scored, the same for every head of a run."""
+
     metric: str
     class_weight: str | None
     folds: int | None
@@ -104,7 +118,8 @@ def train(
 ) -> TrainResult:
     """Fit each head on a feature file, score it on held-out rows, save one bundle per head.
 
-    test: a second feature file of the same recipe to score on; otherwise a seeded hold-out of
+    features: a feature file, or a list of files of the same images to fuse (features side by side).
+    test: a second feature file of the same recipe (a list, when fusing) to score on; otherwise a seeded hold-out of
     `test_size`, stratified by class and grouped by source image (augmented copies stay together),
     and the saved heads are refitted on all rows once scored.
     heads: names, "a,b", or "all". ordinal: None = graded when every class name is an integer.
@@ -113,53 +128,54 @@ def train(
     report: also write `<output>/<features>-report.html` (images behind every number, likely label
     errors) and `<features>-label-issues.csv`.
     """
-    _check_options(metric=metric, folds=folds, test=test, test_size=test_size)
-    features = Path(features)
-    split = _load_split(features, test=test, test_size=float(test_size), ordinal=ordinal, folds=folds, seed=seed,
-                        log=log)
-    head_names = _trainable_heads(_resolve_heads(heads, split.graded, log), split, folds=folds,
-                                  skip_unfit=_asks_for_all(heads), log=log)
+    files, tests = as_paths(features), None if test is None else as_paths(test)
+    check_options(metric=metric, folds=folds, test=tests, test_size=test_size)
+    split = load_split(files, test=tests, test_size=float(test_size), ordinal=ordinal, folds=folds, seed=seed,
+                       log=log)
+    head_names = choose_heads(heads, split, folds=folds, log=log)
     data, held_out, class_names = split.train, split.test, split.class_names
+    name = _stem(files)
     log(
-        f"fitting {len(head_names)} head(s) on {len(data)} rows x {data.X.shape[1]} dims of {features} "
+        f"fitting {len(head_names)} head(s) on {len(data)} rows x {data.X.shape[1]} dims of {split.train.source} "
         f"({len(class_names)} {'graded ' if split.graded else ''}classes: {', '.join(class_names)}); "
         f"testing on {len(held_out)} rows of {split.test_label}"
     )
     everything = split.all_rows
-    options = _Options(
+    options = Options(
         metric=metric, class_weight=class_weight, folds=folds, n_jobs=n_jobs, seed=seed, bootstrap=bootstrap,
         progress=progress,
-        extra={"features": str(features), "test": None if test is None else str(test),
-               "test_size": None if test is not None else float(test_size), "seed": seed, "folds": folds,
+        extra={"features": [str(f) for f in files], "test": None if tests is None else [str(f) for f in tests],
+               "test_size": None if tests is not None else float(test_size), "seed": seed, "folds": folds,
                "class_weight": class_weight, "metric": metric, "train_rows": len(data), "test_rows": len(held_out),
                "refit_rows": None if everything is None else len(everything)},
     )
     output = writable_folder(output, "-o")  # before any fit: a long run must not end in a permission error
     rows, texts, models, scored, bundles, pngs = [], {}, {}, {}, {}, {}
-    for name in head_names:
-        head, row, y_pred = _fit_and_score(name, split, options)
-        scored[name] = head  # has not seen the test rows: the report's confusion matrix comes from it
+    for head_name in head_names:
+        head, row, y_pred = fit_and_score(head_name, split, options)
+        scored[head_name] = head  # has not seen the test rows: the report's confusion matrix comes from it
         if everything is not None:
-            head = _fit(name, everything, split, options, what="refitting on all rows")
+            head = _fit(head_name, everything, split, options, what="refitting on all rows")
         rows.append(row)
-        texts[name], cm = details(name, held_out.y, y_pred, class_names)
-        stem = output / f"{features.stem}-{name}"
-        pngs[name] = save_confusion_png(cm, class_names, f"{stem}-confusion.png", title=f"{features.stem}: {name}")
-        bundles[name] = save_bundle(
-            f"{stem}.skops", head, label_names=class_names, recipes=split.recipes, metrics=row, head_name=name,
+        texts[head_name], cm = details(head_name, held_out.y, y_pred, class_names)
+        stem = output / f"{name}-{head_name}"
+        pngs[head_name] = save_confusion_png(cm, class_names, f"{stem}-confusion.png", title=f"{name}: {head_name}")
+        bundles[head_name] = save_bundle(
+            f"{stem}.skops", head, label_names=class_names, recipes=split.recipes, metrics=row, head_name=head_name,
             graded=split.graded, extra=options.extra,
         )
-        models[name] = head
-        log(f"  {name}: {metric} {_format_optional(row.get(metric))} in {row['fit_seconds']:.2f} s -> {bundles[name]}")
+        models[head_name] = head
+        log(f"  {head_name}: {metric} {format_optional(row.get(metric))} in {row['fit_seconds']:.2f} s "
+            f"-> {bundles[head_name]}")
 
     best = best_head(rows, metric)
     refit_rows = None if everything is None else len(everything)
     page = None
     if report:
-        summary = ReportData(title=f"featx report: {features.stem}", class_names=class_names, graded=split.graded,
+        summary = ReportData(title=f"featx report: {name}", class_names=class_names, graded=split.graded,
                              leaderboard=rows, best=best, metric=metric,
-                             recipe=split.recipes[0].to_attrs() if len(split.recipes) == 1 else {})
-        page = build_report(output / f"{features.stem}-report.html", scored[best], summary,
+                             recipe=recipe_summary(split.recipes))
+        page = build_report(output / f"{name}-report.html", scored[best], summary,
                             everything if everything is not None else data, held_out, seed=seed, log=log)
     text = _train_report(rows, best, metric, texts[best], bundles, pngs, refit_rows, page)
     return TrainResult(rows=rows, best=best, models=models, bundles=bundles, confusion_pngs=pngs, report=text,
@@ -171,7 +187,17 @@ def train(
 # loading and checking the data
 
 
-def _check_options(*, metric, folds, test, test_size) -> None:
+def as_paths(files) -> list[Path]:
+    """One path or several, as a list of paths."""
+    return [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+
+
+def _stem(files: list[Path]) -> str:
+    """The name outputs are saved under: the file's stem, or the fused files' stems joined by '+'."""
+    return "+".join(f.stem for f in files)
+
+
+def check_options(*, metric, folds, test, test_size) -> None:
     if metric not in METRICS:
         raise FeatxError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
     if folds is not None and int(folds) < 2:
@@ -180,16 +206,26 @@ def _check_options(*, metric, folds, test, test_size) -> None:
         raise FeatxError(f"--test-size must be between 0 and 1 (got {test_size}), e.g. 0.25")
 
 
-def _load_split(features: Path, *, test, test_size, ordinal, folds, seed, log) -> _Split:
-    """Read the labelled rows and split them (or read the test file); refuse what cannot train."""
-    with FeatureStore(features) as store:
-        class_names, graded = class_order(store.label_names, ordinal)
-        recipes = [store.recipe] if store.recipe is not None else []
-        data = read_rows(store, class_names, log)
+def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal, folds, seed, log,
+               same_decoding: bool = True) -> Split:
+    """Read the labelled rows (fused when several files) and split them, or read the test file(s).
+
+    same_decoding: refuse fusing files that feed images differently (a fused bundle could not predict).
+    """
+    if test is not None and len(test) != len(files):
+        raise FeatxError(f"{len(files)} training file(s) but {len(test)} test file(s); give one test file per "
+                         "training file, in the same order")
+    with ExitStack() as stack:
+        stores = [stack.enter_context(FeatureStore(f)) for f in files]
+        class_names, graded = class_order(stores[0].label_names, ordinal)
+        recipes = _fused_recipes(stores, same_decoding)
+        data = read_fused(stores, class_names, log)
         if test is not None:
-            with FeatureStore(test) as test_store:
+            test_stores = [stack.enter_context(FeatureStore(f)) for f in test]
+            for store, test_store in zip(stores, test_stores):
                 check_compatible([store, test_store])
-                held_out = read_rows(test_store, class_names, log)
+            held_out = read_fused(test_stores, class_names, log)
+    features = data.source
     present = np.unique(data.y)
     if len(present) < 2:
         raise FeatxError(f"{features} has fewer than 2 labelled classes; a classifier needs at least 2")
@@ -208,13 +244,28 @@ def _load_split(features: Path, *, test, test_size, ordinal, folds, seed, log) -
         test_label = f"{len(np.unique(held_out.groups))} held-out images ({test_size:.0%}, seed {seed})"
         note = f" after holding out {test_size:.0%} to test (--test-size)"
     else:
-        test_label = str(test)
+        test_label = held_out.source
     _check_class_sizes(data, class_names, need=train_need, where="to train on", fewer_folds_help=fewer_folds_help)
     held_out = held_out.originals()
     if len(held_out) == 0:
         raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled test file")
-    return _Split(train=data, test=held_out, class_names=class_names, graded=graded, recipes=recipes,
+    return Split(train=data, test=held_out, class_names=class_names, graded=graded, recipes=recipes,
                   test_label=test_label, all_rows=all_rows, train_images_note=note)
+
+
+def _fused_recipes(stores, same_decoding: bool) -> list[Recipe]:
+    """The recipe of each file; with `same_decoding`, fused files must be fed the same way (a fused head's
+    prediction decodes each image once for all of them)."""
+    recipes = [store.recipe for store in stores]
+    if len(stores) > 1 and same_decoding:
+        if any(recipe is None for recipe in recipes):
+            raise FeatxError("fusing needs feature files that record their recipe; extract them with `featx extract`")
+        for store, recipe in zip(stores[1:], recipes[1:]):
+            differences = mismatch(recipes[0], recipe, DECODE_KEYS)
+            if differences:
+                raise FeatxError(f"{stores[0].path} and {store.path} feed images differently ({differences}); fused "
+                                 "files are decoded once per image: extract them in one run (--backbone a,b)")
+    return [recipe for recipe in recipes if recipe is not None]
 
 
 def _check_class_sizes(rows: Rows, class_names, *, need: int, where: str, fewer_folds_help: bool) -> None:
@@ -245,6 +296,12 @@ def _head_list(heads) -> list[str]:
     return list(dict.fromkeys(name.strip() for name in heads if name.strip()))  # keep order, drop repeats
 
 
+def choose_heads(heads, split: Split, *, folds, log) -> list[str]:
+    """The heads asked for that the labels suit and the training rows are large enough for."""
+    return _trainable_heads(_resolve_heads(heads, split.graded, log), split, folds=folds,
+                            skip_unfit=_asks_for_all(heads), log=log)
+
+
 def _asks_for_all(heads) -> bool:
     return _head_list(heads) == ["all"]
 
@@ -269,7 +326,7 @@ def _resolve_heads(heads, graded: bool, log) -> list[str]:
     return names
 
 
-def _trainable_heads(names, split: _Split, *, folds, skip_unfit: bool, log) -> list[str]:
+def _trainable_heads(names, split: Split, *, folds, skip_unfit: bool, log) -> list[str]:
     """The heads the training rows have enough images per class for, checked before any fitting.
 
     A head asked for by name that cannot train is an error; with `skip_unfit` (--heads all) it is
@@ -310,7 +367,7 @@ def _smaller_need_remedy(name, need, images, folds, graded) -> str:
 # fitting
 
 
-def _fit(name: str, rows: Rows, split: _Split, options: _Options, what: str):
+def _fit(name: str, rows: Rows, split: Split, options: Options, what: str):
     """A fresh head `name` fitted on `rows` (groups passed when rows share source images)."""
     head = make_head(name, n_classes=len(split.class_names), metric=options.metric,
                      class_weight=options.class_weight, folds=options.folds, grouped=rows.grouped,
@@ -324,7 +381,7 @@ def _fit(name: str, rows: Rows, split: _Split, options: _Options, what: str):
             ) from None
 
 
-def _fit_and_score(name: str, split: _Split, options: _Options):
+def fit_and_score(name: str, split: Split, options: Options):
     """Fit one head on the training rows and score it on the test rows: (head, leaderboard row, predictions)."""
     started = time.perf_counter()
     head = _fit(name, split.train, split, options, what="fitting")
@@ -377,7 +434,7 @@ def _last_line(error: Exception) -> str:
 # the report
 
 
-def _format_optional(value) -> str:
+def format_optional(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 

@@ -17,8 +17,9 @@ import pytest
 from featx import FeatxError
 from featx import runner as extract_mod
 from featx.backbones import get_backbone
+from featx.extract import extract
 from featx.images import load_image, resize, tta_flip
-from featx.runner import extract, features_for_files
+from featx.runner import features_for_files
 from featx.store import FeatureStore, HDF5DatasetWriter
 
 SIZE = 48  # small inputs keep random-weight backbones fast; the plumbing is the same at 224
@@ -325,6 +326,7 @@ KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
 from featx import runner
+from featx.extract import extract
 
 real = runner._run_backbone
 parts, ready = Path(sys.argv[2] + ".parts"), Path(sys.argv[3])
@@ -338,7 +340,7 @@ def run_then_stall(*args, **kwargs):
     return real(*args, **kwargs)
 
 runner._run_backbone = run_then_stall
-runner.extract(sys.argv[1], sys.argv[2], backbone="efficientnet_lite0", weights="none", image_size=160,
+extract(sys.argv[1], sys.argv[2], backbone="efficientnet_lite0", weights="none", image_size=160,
                batch_size=2, buffer_size=2, workers=1, progress=False, log=lambda *a: None)
 """
 

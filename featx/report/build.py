@@ -208,7 +208,7 @@ def report(bundle_path, features_path, *, output=None, folds: int = 5, seed: int
     bundle = load_bundle(bundle_path)
     features = Path(features_path)
     with FeatureStore(features) as store:
-        bundle.check_features(store)
+        bundle.check_features([store])
         rows = read_rows(store, bundle.label_names, log)
     if len(rows) == 0:
         raise FeatxError(f"{features} has no labelled rows; a report needs images in class folders")

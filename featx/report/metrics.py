@@ -128,9 +128,14 @@ def leaderboard_cells(rows: Sequence[dict]) -> list[list[str]]:
 
     Rows use the keys `head`, `params` (dict or text), `cv_score`, `accuracy`, `f1_macro`, `qwk`
     (each metric optionally with `<metric>_ci` = (low, high)) and `fit_seconds`; a metric column
-    appears only when some row has it.
+    appears only when some row has it. Rows of a comparison add `features` and `dims`.
     """
-    columns: list[tuple[str, Callable[[dict], str]]] = [
+    columns: list[tuple[str, Callable[[dict], str]]] = []
+    # A comparison across feature files (`featx compare`) also names each row's features and width.
+    if any("features" in row for row in rows):
+        columns += [("features", lambda row: str(row.get("features", "-"))),
+                    ("dims", lambda row: str(row.get("dims", "-")))]
+    columns += [
         ("head", lambda row: str(row.get("head", "-"))),
         ("params", lambda row: _format_params(row.get("params"))),
         ("cv score", lambda row: _format_number(row.get("cv_score"))),

@@ -136,7 +136,8 @@ def _section_leaderboard(data: ReportData) -> str:
         head = "".join(f"<th>{html.escape(cell)}</th>" for cell in cells[0])
         body = []
         for row, line in zip(data.leaderboard, cells[1:]):
-            best = ' class="best"' if row.get("head") == data.best else ""
+            # A comparison marks its best row itself: one head name recurs for every feature file.
+            best = ' class="best"' if row.get("best", row.get("head") == data.best) else ""
             body.append(f"<tr{best}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in line) + "</tr>")
         parts.append(f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
         parts.append(f'<p class="note">Best head by {html.escape(data.metric)}: <b>{html.escape(str(data.best))}</b> '

@@ -64,7 +64,7 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
 
 PEAK_SCRIPT = """
 import json, resource, sys
-from featx.runner import extract
+from featx.extract import extract
 
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -1,0 +1,137 @@
+"""Stage 1's entry: which images, which backbones, which output files, and which engine runs them.
+
+`extract` lists the dataset (class folders, or train/val/test split folders with one shared class
+list), builds the backbones, names one output per (split, backbone), and hands the work to an
+engine: the local runner (decoding threads ahead of inference) or Ray Data across a cluster. It is
+the only part that knows which engine runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from featx import backbones as registry
+from featx import images
+from featx.atomic import writable_folder
+from featx.errors import FeatxError
+from featx.runner import Extraction, ExtractResult, Feeding, decode_workers
+
+__all__ = ["DEFAULT_FEATURES_DIR", "extract"]
+
+DEFAULT_FEATURES_DIR = "features"
+
+
+def _dataset_name(root: Path) -> str:
+    return root.resolve().name or "dataset"
+
+
+def _output_paths(root: Path, output, splits, backbone_names):
+    """{(split, backbone): Path}. Default features/<name>[-<split>][-<backbone> when several].h5."""
+    if output is None:
+        base = Path(DEFAULT_FEATURES_DIR) / f"{_dataset_name(root)}.h5"
+    else:
+        base = Path(output)
+        if base.suffix.lower() not in (".h5", ".hdf5"):
+            base = base.with_suffix(base.suffix + ".h5") if base.suffix else base.with_suffix(".h5")
+    out = {}
+    for split in splits:
+        for name in backbone_names:
+            stem = base.stem
+            if split is not None:
+                stem += f"-{split}"
+            if len(backbone_names) > 1:
+                stem += f"-{name}"
+            out[(split, name)] = base.with_name(stem + base.suffix)
+    return out
+
+
+def _list_splits(split_roots, seed) -> dict:
+    """List every split once and give them one shared, ordered class list (a class may be absent from a split)."""
+    listed = {split: images.list_dataset(path, seed=seed) for split, path in split_roots.items()}
+    names = images.sort_class_names(set().union(*(ds.label_names for ds in listed.values())))
+    shared = {}
+    for split, ds in listed.items():
+        to_shared = np.array([names.index(n) for n in ds.label_names] + [-1], dtype=np.int64)
+        # index -1 (unlabeled) maps to the appended -1
+        shared[split] = replace(ds, labels=to_shared[ds.labels], label_names=list(names))
+    return shared
+
+
+def _backbone_names(backbone) -> list[str]:
+    names = [b.strip() for b in (backbone.split(",") if isinstance(backbone, str) else backbone) if b.strip()]
+    if not names:
+        raise FeatxError("no backbone given")
+    if len(set(names)) != len(names):
+        raise FeatxError(f"backbone listed twice: {','.join(names)}")
+    return names
+
+
+def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
+            image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
+            tta=None, crop=False, seed=0, workers=None, engine="local", address=None, gpus_per_worker=0,
+            overwrite=False, progress=True, log: Callable[[str], object] = print) -> ExtractResult:
+    """Extract features of every image under `dataset` into HDF5 feature files; resumable.
+
+    backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
+    A dataset with train/val/test folders gives one file per split with one shared class list.
+    Rerunning continues an interrupted extraction; a run whose recipe differs from the existing
+    file's (any key, e.g. --crop or --augment) is refused unless `overwrite`.
+    engine: "local" (decoding threads, `workers` of them) or "ray" (Ray Data: `workers` backbone actors with
+    `gpus_per_worker` GPUs each, on the cluster at `address` or RAY_ADDRESS, else on a local Ray instance).
+    """
+    root = Path(dataset)
+    if not root.is_dir():
+        what = "is a file, not a folder of images" if root.exists() else "not found"
+        raise FeatxError(f"dataset folder {root} {what}; pass a folder of class folders")
+    names = _backbone_names(backbone)
+    if tta not in (None, "", "none", "flip"):
+        raise FeatxError(f"unknown --tta {tta!r}: use 'flip'")
+    if augment < 0:
+        raise FeatxError(f"--augment must be 0 or more, got {augment}")
+    if batch_size < 1 or buffer_size < 1:
+        raise FeatxError(f"--batch-size and --buffer-size must be at least 1, got {batch_size} and {buffer_size}")
+    if dtype not in ("float32", "float16"):
+        raise FeatxError(f"unknown --dtype {dtype!r}: use float32 or float16")
+    if engine not in ("local", "ray"):
+        raise FeatxError(f"unknown --engine {engine!r}: use local or ray")
+    engine_options = {}
+    if engine == "ray":
+        from featx.engines import ray as ray_engine  # only here: featx runs without Ray installed
+
+        ray_engine.connect(address, log=log)  # a wrong --address fails now, before any backbone loads
+        engine_options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+    elif address or gpus_per_worker:
+        raise FeatxError("--address and --gpus-per-worker are options of --engine ray")
+    feeding = Feeding(batch_size=batch_size, workers=decode_workers(workers), tta="flip" if tta == "flip" else None,
+                       crop=bool(crop), seed=int(seed))
+
+    split_roots = images.find_splits(root)
+    splits = _list_splits(split_roots, seed) if split_roots else {None: images.list_dataset(root, seed=seed)}
+    outputs = _output_paths(root, output, list(splits), names)
+    for folder in sorted({out.parent for out in outputs.values()}):
+        # Before loading any backbone; nothing is created yet, in case a later check fails.
+        writable_folder(folder, "-o", create=False)
+    models = []
+    for name in names:
+        log(f"loading backbone {name} (weights: {weights})")
+        models.append(registry.get_backbone(name, weights=weights, pooling=pooling, image_size=image_size,
+                                            layer=layer))
+
+    extraction = ray_engine.RayExtraction if engine == "ray" else Extraction
+    run = extraction(models, outputs, feeding, buffer_size=buffer_size, dtype=dtype, overwrite=overwrite,
+                     progress=progress, log=log, **engine_options)
+    t_start = time.perf_counter()
+    if augment and split_roots:
+        log(f"augmenting the train split only ({augment} copies per image): "
+            "validation and test images are scored as they are")
+    processed = 0
+    for split, ds in splits.items():
+        # Augmented copies only help a head learn; stage 2 scores original images only.
+        processed += run.split(ds, split, augment=augment if split in (None, "train") else 0)
+    return ExtractResult(files=run.summaries, seconds=time.perf_counter() - t_start,
+                         images_processed=processed, timings=dict(run.timer.t, workers=feeding.workers))

@@ -1,0 +1,106 @@
+"""The out-of-core `sgd` head: a scikit-learn estimator, and the same fit streamed from a real feature file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skops.io
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from featx import FeatxError
+from featx.heads.streaming import SGDHead, _held_out_split
+from featx.store import FeatureStore, HDF5DatasetWriter
+
+DIM = 24
+CLASSES = ("a", "b", "c")
+
+
+@parametrize_with_checks([SGDHead(max_epochs=5)])
+def test_sklearn_contract(estimator, check):
+    check(estimator)
+
+
+def write_file(path, *, per_class=300, copies=1, seed=0):
+    """A float16 feature file written class by class (the worst order for SGD), `copies` rows per image."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=0.6, size=(len(CLASSES), DIM))
+    with HDF5DatasetWriter((0, DIM), path, buffer_size=200, dtype="float16") as writer:
+        writer.store_class_labels(CLASSES)
+        for label in range(len(CLASSES)):
+            images = [f"{CLASSES[label]}/{i:04d}.png" for i in range(per_class)]
+            paths = [p for p in images for _ in range(copies)]
+            rows = means[label] + rng.normal(size=(len(paths), DIM))
+            writer.add(rows, np.full(len(paths), label), paths=paths,
+                       aug=np.tile(np.arange(copies), per_class) if copies > 1 else None)
+    return path
+
+
+class ReadSpy:
+    """The real h5py dataset, recording how many rows each read asks for."""
+
+    def __init__(self, dataset):
+        self.dataset, self.reads = dataset, []
+        self.shape, self.dtype = dataset.shape, dataset.dtype
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        rows = self.dataset[key]
+        self.reads.append(len(rows))
+        return rows
+
+
+def test_streamed_fit_equals_the_in_memory_fit_and_reads_only_chunks(tmp_path):
+    path = write_file(tmp_path / "f.h5")
+    with FeatureStore(path) as store:
+        rng = np.random.default_rng(1)
+        test = rng.random(len(store)) < 0.25
+        train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)
+        X, y, paths = store.features[:], store.labels, np.asarray(store.paths, dtype=object)
+        store.features = spy = ReadSpy(store.features)
+        head = SGDHead(chunk_rows=64, validation_rows=64).fit_store(store, train_rows)
+        streamed = head.predict_proba_store(store, test_rows)
+    assert max(spy.reads) <= 64 + 64  # a span of one chunk, never the matrix (900 rows)
+    in_memory = SGDHead(chunk_rows=64, validation_rows=64).fit(X[train_rows], y[train_rows], groups=paths[train_rows])
+    np.testing.assert_allclose(streamed, in_memory.predict_proba(X[test_rows]), atol=1e-6)
+    assert head.alpha_ == in_memory.alpha_ and head.held_out_rows_ > 0
+    accuracy = (head.classes_[streamed.argmax(1)] == y[test_rows]).mean()
+    assert accuracy > 0.9  # learnt from a class-sorted file: each step mixes rows from all over it
+
+
+def test_held_out_rows_are_whole_images_of_every_class():
+    y = np.repeat([0, 1, 2], 40)
+    groups = np.repeat([f"img{i}" for i in range(60)], 2)  # two augmented copies per image
+    fit_at, held = _held_out_split(y, groups, validation_rows=1000, seed=0)
+    assert not set(groups[fit_at]) & set(groups[held])
+    assert set(y[held]) == {0, 1, 2} and len(held) + len(fit_at) == len(y)
+    few_at, none = _held_out_split(y[:4], groups[:4], validation_rows=1000, seed=0)
+    assert len(none) == 0 and len(few_at) == 4  # too few images to spare one: nothing held out
+
+
+def test_augmented_file_and_balanced_weights_train(tmp_path):
+    path = write_file(tmp_path / "aug.h5", per_class=60, copies=3)
+    head = SGDHead(class_weight="balanced", chunk_rows=128).fit_store(path)
+    with FeatureStore(path) as store:
+        proba = head.predict_proba_store(path)
+        assert proba.shape == (len(store), 3)
+        assert (head.classes_[proba.argmax(1)] == store.labels).mean() > 0.9
+
+
+def test_saved_with_skops_loads_with_one_trusted_featx_type(tmp_path):
+    path = write_file(tmp_path / "f.h5", per_class=50)
+    head = SGDHead(chunk_rows=64).fit_store(path)
+    skops.io.dump(head, tmp_path / "head.skops")
+    untrusted = skops.io.get_untrusted_types(file=tmp_path / "head.skops")
+    assert untrusted == ["featx.heads.streaming.SGDHead"]
+    loaded = skops.io.load(tmp_path / "head.skops", trusted=untrusted)
+    np.testing.assert_array_equal(loaded.predict_proba_store(path), head.predict_proba_store(path))
+
+
+def test_wrong_width_file_is_refused(tmp_path):
+    head = SGDHead(chunk_rows=64).fit_store(write_file(tmp_path / "f.h5", per_class=30))
+    with HDF5DatasetWriter((0, DIM + 1), tmp_path / "wide.h5") as writer:
+        writer.add(np.zeros((2, DIM + 1)), [0, 1], paths=["x.png", "y.png"])
+    with pytest.raises(FeatxError, match="same recipe"):
+        head.predict_proba_store(tmp_path / "wide.h5")
