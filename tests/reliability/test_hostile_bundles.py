@@ -49,6 +49,15 @@ def _rewritten(base, path: Path, **changes) -> Path:
     return path
 
 
+def test_the_real_bundle_works_at_every_entry_point(base, tmp_path):
+    # The control: the harness below refuses damaged bundles, not every bundle. (It found that
+    # `featx report` failed on any bundle trained since fused training recorded a list of files.)
+    path = tmp_path / "real.skops"
+    path.write_bytes(base["bundle"].read_bytes())
+    assert _every_entry_point("bundle: unchanged (control)", path, base, tmp_path, refused=False) == []
+    assert (tmp_path / "predictions.csv").exists() and list((tmp_path / "page").glob("*.html"))
+
+
 @settings(max_examples=25, **SETTINGS)
 @given(blob=st.binary(max_size=4096), zip_magic=st.booleans())
 def test_random_bytes_as_a_bundle(base, blob, zip_magic):
