@@ -170,6 +170,39 @@ def litert_available() -> bool:
     return importlib.util.find_spec("ai_edge_litert") is not None
 
 
+RUNTIMES = ("auto", "keras", "litert")
+
+
+def resolve_runtime(runtime: str = "auto", precision: str = "float32") -> str:
+    """"keras" or "litert" for a requested runtime; "auto" is LiteRT on a CPU-only machine where it is installed.
+
+    A visible GPU keeps Keras/TensorFlow (the fast path there); reduced precision exists only in LiteRT.
+    """
+    if runtime not in RUNTIMES:
+        raise FeatxError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise FeatxError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    reduced = precision != "float32"
+    if runtime == "keras" and reduced:
+        raise FeatxError(f"precision {precision} runs on the LiteRT runtime only: drop --runtime keras")
+    if runtime == "litert" or (runtime == "auto" and reduced):
+        if not litert_available():
+            raise FeatxError("the LiteRT runtime needs the ai-edge-litert package: pip install ai-edge-litert, "
+                             "or use the Keras runtime")
+        return "litert"
+    if runtime == "auto" and litert_available() and not gpu_visible():
+        return "litert"
+    return "keras"
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow would see an NVIDIA GPU, told without importing it (importing takes seconds)."""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if devices is not None and devices.strip() in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 # ----------------------------------------------------------------------------- the cache
 
 
