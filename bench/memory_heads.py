@@ -70,7 +70,7 @@ with FeatureStore(sys.argv[1]) as store:
     head = SGDHead().fit_store(store, train_rows)
     predicted = head.classes_[head.predict_proba_store(store, test_rows).argmax(1)]
     accuracy = float((predicted == store.labels[test_rows]).mean())
-print(json.dumps(dict(accuracy=accuracy, train_rows=len(train_rows), test_rows=len(test_rows), alpha=head.alpha_,
+print(json.dumps(dict(accuracy=accuracy, train_rows=len(train_rows), test_rows=len(test_rows), C=head.best_params_["C"],
                       epochs=head.best_epoch_, seconds=time.perf_counter() - started)))
 """
 

@@ -82,6 +82,24 @@ def test_preprocessing_refuses_what_it_cannot_repeat():
         rt.preprocess(pixels(), "bgr")
 
 
+# ----------------------------------------------------------------------------- choosing the runtime
+
+
+def test_runtime_choice(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # TensorFlow's own switch: no GPU for this process
+    assert not rt.gpu_visible()
+    assert rt.resolve_runtime("auto") == "litert"
+    assert rt.resolve_runtime("keras") == "keras"
+    assert rt.resolve_runtime("keras", "float32") == "keras"
+    assert rt.resolve_runtime("auto", "int8") == rt.resolve_runtime("litert", "fp16") == "litert"
+    with pytest.raises(FeatxError, match="LiteRT runtime only"):
+        rt.resolve_runtime("keras", "int8")
+    with pytest.raises(FeatxError, match="unknown runtime"):
+        rt.resolve_runtime("tflite")
+    with pytest.raises(FeatxError, match="unknown precision"):
+        rt.resolve_runtime("auto", "bf16")
+
+
 # ----------------------------------------------------------------------------- conversion and cache
 
 

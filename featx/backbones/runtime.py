@@ -65,18 +65,22 @@ def preprocess(batch, mode: str) -> np.ndarray:
         raise FeatxError(f"expected a batch of RGB images shaped (N, H, W, 3), got {batch.shape}")
     if batch.dtype != np.uint8:
         raise FeatxError(f"expected uint8 pixels, got {batch.dtype}; decode images with featx.images")
-    x = batch.astype(np.float32)
+    if mode not in PREPROCESSING_MODES:
+        raise FeatxError(f"unknown preprocessing mode {mode!r}: use one of {', '.join(PREPROCESSING_MODES)}")
+    x = batch.astype(np.float32)  # a new array: the arithmetic below may work in place
     if mode == "lite":
-        return (x - np.float32(127.0)) / np.float32(128.0)
-    if mode == "tf":
-        return x / np.float32(127.5) - np.float32(1.0)
-    if mode == "torch":
-        return (x / np.float32(255.0) - _TORCH_MEAN) / _TORCH_STD
-    if mode == "caffe":
-        return np.ascontiguousarray(x[..., ::-1] - _CAFFE_MEAN_BGR)
-    if mode == "none":
-        return x
-    raise FeatxError(f"unknown preprocessing mode {mode!r}: use one of {', '.join(PREPROCESSING_MODES)}")
+        x -= np.float32(127.0)
+        x /= np.float32(128.0)
+    elif mode == "tf":
+        x /= np.float32(127.5)
+        x -= np.float32(1.0)
+    elif mode == "torch":
+        x /= np.float32(255.0)
+        x -= _TORCH_MEAN
+        x /= _TORCH_STD
+    elif mode == "caffe":
+        x = x[..., ::-1] - _CAFFE_MEAN_BGR  # RGB -> BGR, then the BGR means
+    return x
 
 
 # ----------------------------------------------------------------------------- the runtime
@@ -150,6 +154,7 @@ class LiteRTBackbone:
 
 
 def _checked_n_jobs(n_jobs) -> int:
+    """n_jobs as an int, checked, once we know LiteRT is there to use them."""
     if not litert_available():
         raise FeatxError("the LiteRT runtime needs the ai-edge-litert package: pip install ai-edge-litert, "
                          "or use the Keras runtime")
@@ -163,6 +168,39 @@ def litert_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("ai_edge_litert") is not None
+
+
+RUNTIMES = ("auto", "keras", "litert")
+
+
+def resolve_runtime(runtime: str = "auto", precision: str = "float32") -> str:
+    """"keras" or "litert" for a requested runtime; "auto" is LiteRT on a CPU-only machine where it is installed.
+
+    A visible GPU keeps Keras/TensorFlow (the fast path there); reduced precision exists only in LiteRT.
+    """
+    if runtime not in RUNTIMES:
+        raise FeatxError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise FeatxError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    reduced = precision != "float32"
+    if runtime == "keras" and reduced:
+        raise FeatxError(f"precision {precision} runs on the LiteRT runtime only: drop --runtime keras")
+    if runtime == "litert" or (runtime == "auto" and reduced):
+        if not litert_available():
+            raise FeatxError("the LiteRT runtime needs the ai-edge-litert package: pip install ai-edge-litert, "
+                             "or use the Keras runtime")
+        return "litert"
+    if runtime == "auto" and litert_available() and not gpu_visible():
+        return "litert"
+    return "keras"
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow would see an NVIDIA GPU, told without importing it (importing takes seconds)."""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if devices is not None and devices.strip() in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 # ----------------------------------------------------------------------------- the cache
