@@ -157,8 +157,8 @@ class HDF5DatasetWriter:
         except FeatxError as exc:
             raise FeatxError(f"cannot resume: {exc}; or pass --overwrite to replace it") from None
         with h5file:
-            final = Contents(h5file, data_key)
             try:
+                final = Contents(h5file, data_key)  # decodes the attributes: they may not be utf-8
                 final.check()
                 final.recipe  # noqa: B018 - a recipe that cannot be read is damage too
             except (FeatxError, OSError, ValueError, TypeError, KeyError) as exc:

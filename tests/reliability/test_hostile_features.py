@@ -248,6 +248,7 @@ def _damaged_copy(base, tmp: Path, damage: str) -> Path:
          "features 3-D": lambda: BROKEN["features 3-D"](f, None),
          "no features": lambda: BROKEN["no features"](f, None),
          "recipe attribute of the wrong type": lambda: f.attrs.__setitem__("image_size", "junk"),
+         "attribute not utf-8": lambda: f.attrs.__setitem__("augment", np.bytes_(b"\xff\xfe")),
          "labels outside label_names": lambda: f["labels"].__setitem__(0, 99)}[damage]()
     return path
 
@@ -293,7 +294,8 @@ def _parts_case(base, tmp: Path, case: str) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["no features", "features 3-D", "features strings", "labels longer",
-                                    "labels outside label_names", "recipe attribute of the wrong type"])
+                                    "labels outside label_names", "recipe attribute of the wrong type",
+                                    "attribute not utf-8"])
 def test_extract_refuses_to_resume_onto_a_damaged_file(base, tmp_path, damage):
     out = _damaged_copy(base, tmp_path, damage)
     before = file_digest(out)
