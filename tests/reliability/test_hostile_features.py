@@ -180,9 +180,11 @@ def _every_entry_point(kind: str, path: Path, base, workdir: Path, *, refused: b
     assert (file_digest(path), file_digest(parts_dir(path))) == before, "an entry point changed its input"
 
 
-# Damage that earlier damage can make harmless: a file without rows has no label to put out of range, and
-# labels are only out of range of class names that exist (a file may have none: train refuses it then).
-UNDONE_BY = {"labels outside label_names": {"no rows", "no label_names"}, "label_names fewer than labels": {"no rows"}}
+# Damage that earlier damage can make harmless or impossible: a file without rows has no label to put out of
+# range, no labels to shorten, no path to garble; and labels are only out of range of class names that exist
+# (a file may have none: train refuses it then).
+UNDONE_BY = {"labels outside label_names": {"no rows", "no label_names"}, "label_names fewer than labels": {"no rows"},
+             "labels shorter": {"no rows"}, "paths not utf-8": {"no rows"}}
 
 
 @st.composite
