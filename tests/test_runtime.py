@@ -91,7 +91,7 @@ def test_runtime_choice(monkeypatch):
     assert rt.resolve_runtime("auto") == "litert"
     assert rt.resolve_runtime("keras") == "keras"
     assert rt.resolve_runtime("keras", "float32") == "keras"
-    assert rt.resolve_runtime("auto", "int8") == rt.resolve_runtime("litert", "fp16") == "litert"
+    assert rt.resolve_runtime("auto", "int8") == rt.resolve_runtime("litert", "int8") == "litert"
     with pytest.raises(FeatxError, match="LiteRT runtime only"):
         rt.resolve_runtime("keras", "int8")
     with pytest.raises(FeatxError, match="unknown runtime"):
@@ -184,28 +184,46 @@ def test_failed_check_is_recorded_and_refused_without_converting_again(small, ca
 # ----------------------------------------------------------------------------- reduced precision
 
 
-def test_reduced_precisions_are_separate_files_checked_by_cosine(small, photos, cache):
+def cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_int8_is_calibrated_cached_apart_and_checked_by_cosine(small, photos, cache):
     exact = rt.to_litert(small, RANDOM_SHA)
     with pytest.raises(FeatxError, match="calibration images"):
         rt.to_litert(small, RANDOM_SHA, precision="int8")
     with pytest.raises(FeatxError, match="unknown precision"):
         rt.to_litert(small, RANDOM_SHA, precision="bf8")
-    reference = exact(exact.preprocess(photos))
-    for precision, calibration in (("fp16", None), ("int8", photos)):
-        runtime = rt.to_litert(small, RANDOM_SHA, precision=precision, calibration=calibration)
-        assert runtime.precision == precision
-        check = runtime.meta["check"]
-        assert check["passed"] and check["min_cosine"] >= rt.REDUCED_MIN_COSINE
-        found = runtime(runtime.preprocess(photos))
-        cosines = (found * reference).sum(1) / np.linalg.norm(found, axis=1) / np.linalg.norm(reference, axis=1)
-        assert cosines.min() >= rt.REDUCED_MIN_COSINE
-        assert not np.array_equal(found, reference)  # it is a different runtime, not the float32 file again
-    assert len(list(cache.glob("*.tflite"))) == 3
-    digest = rt.calibration_digest(photos)
-    assert rt.cached_litert("efficientnet_lite0", RANDOM_SHA, 64, layer=SMALL["layer"], precision="int8",
-                            calibration_id=digest) is not None
-    assert rt.cached_litert("efficientnet_lite0", RANDOM_SHA, 64, layer=SMALL["layer"], precision="int8",
-                            calibration_id=rt.calibration_digest(photos[:2])) is None
+    runtime = rt.to_litert(small, RANDOM_SHA, precision="int8", calibration=photos)
+    assert runtime.precision == "int8"
+    assert runtime.meta["check"]["passed"] and runtime.meta["check"]["min_cosine"] >= rt.REDUCED_MIN_COSINE
+    found, reference = runtime(runtime.preprocess(photos)), exact(exact.preprocess(photos))
+    assert cosines(found, reference).min() >= rt.REDUCED_MIN_COSINE
+    assert not np.array_equal(found, reference)  # quantized, not the float32 file again
+    assert len(list(cache.glob("*.tflite"))) == 2
+    key = {"name": "efficientnet_lite0", "weights_sha256": RANDOM_SHA, "image_size": 64, "layer": SMALL["layer"],
+           "precision": "int8"}
+    assert rt.cached_litert(**key, calibration_id=rt.calibration_digest(photos)) is not None
+    assert rt.cached_litert(**key, calibration_id=rt.calibration_digest(photos[:2])) is None
+
+
+@pytest.mark.skipif(not rt.fp16_native(), reason="fp16 is refused on CPUs without fp16 arithmetic")
+def test_fp16_computes_in_half_precision(small, photos, cache):
+    exact = rt.to_litert(small, RANDOM_SHA)
+    runtime = rt.to_litert(small, RANDOM_SHA, precision="fp16", n_jobs=2)
+    assert runtime.meta["check"]["passed"]
+    x = runtime.preprocess(photos)
+    found, reference = runtime(x), exact(x)
+    assert cosines(found, reference).min() >= 0.999
+    assert relative_error(found, reference) > rt.CHECK_TOLERANCE  # half precision, not float32 under another name
+    one_then_rest = np.concatenate([runtime(x[:1]), runtime(x[1:])])  # re-planned for a new batch size
+    np.testing.assert_allclose(one_then_rest, found, rtol=0, atol=1e-2 * np.abs(found).max())
+
+
+@pytest.mark.skipif(rt.fp16_native(), reason="this CPU has fp16 arithmetic")
+def test_fp16_is_refused_without_fp16_arithmetic(small, cache):
+    with pytest.raises(FeatxError, match="no fp16 arithmetic"):
+        rt.to_litert(small, RANDOM_SHA, precision="fp16")
 
 
 # ----------------------------------------------------------------------------- running

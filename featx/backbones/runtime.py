@@ -28,9 +28,10 @@ from featx.errors import FeatxError
 log = logging.getLogger(__name__)
 
 FORMAT = "featx-litert/1"  # part of the cache key: a change in how featx converts makes new files
-# float32 gives Keras' features; fp16 (weights and, where the CPU has native fp16 arithmetic, XNNPACK's
-# compute) and int8 (full-integer, calibrated on the dataset) change them a little: never the default.
+# float32 gives Keras' features; fp16 (XNNPACK computing in half precision, on CPUs with native fp16
+# arithmetic) and int8 (full-integer, calibrated on the dataset) change them a little: never the default.
 PRECISIONS = ("float32", "fp16", "int8")
+_XNNPACK_FORCE_FP16 = 0x4  # TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16 in tflite/delegates/xnnpack/xnnpack_delegate.h
 CHECK_TOLERANCE = 1e-4  # max |litert - keras| / max |keras| per image, float32
 REDUCED_MIN_COSINE = 0.9  # reduced precision never matches to 1e-4; refuse only a conversion that broke it
 
@@ -106,7 +107,9 @@ class LiteRTBackbone:
         self.n_jobs = _checked_n_jobs(n_jobs)
         self._mode = preprocessing_mode(self.preprocessing)
         self._local = threading.local()
-        self._interpreter()  # fail here, not in a worker thread, if the bytes do not load
+        self._environment = None  # fp16: one LiteRT environment for every thread's compiled model
+        self._lock = threading.Lock()
+        self._runner()  # fail here, not in a worker thread, if the bytes do not load
 
     def __repr__(self) -> str:
         return (f"LiteRTBackbone({self.name!r}, input_size={self.input_size}, feature_dim={self.feature_dim}, "
@@ -124,33 +127,75 @@ class LiteRTBackbone:
         size = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (size, size, 3) or batch.shape[0] < 1:
             raise FeatxError(f"expected a batch shaped (N, {size}, {size}, 3), got {batch.shape}; resize images first")
-        interpreter = self._interpreter()
-        n = len(batch)
-        if self._local.batch != n:
-            # Re-planning costs a few ms, so keep the shape until the batch size changes.
-            interpreter.resize_tensor_input(self._local.input, [n, size, size, 3], strict=True)
-            interpreter.allocate_tensors()
-            self._local.batch = n
-        interpreter.set_tensor(self._local.input, np.ascontiguousarray(batch, dtype=np.float32))
-        interpreter.invoke()
-        return np.asarray(interpreter.get_tensor(self._local.output), dtype=np.float32).reshape(n, -1)
+        return self._runner()(np.ascontiguousarray(batch, dtype=np.float32))
 
-    def _interpreter(self):
-        interpreter = getattr(self._local, "interpreter", None)
-        if interpreter is None:
-            from ai_edge_litert.interpreter import Interpreter
-
+    def _runner(self):
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
             try:
-                interpreter = Interpreter(model_content=self.model_content, num_threads=self.n_jobs)
-                interpreter.allocate_tensors()
+                if self.precision == "fp16":
+                    with self._lock:
+                        if self._environment is None:
+                            from ai_edge_litert.environment import Environment
+
+                            self._environment = Environment.create()
+                    runner = _CompiledRunner(self.model_content, self.n_jobs, self._environment, self.feature_dim)
+                else:
+                    runner = _InterpreterRunner(self.model_content, self.n_jobs)
             except (ValueError, RuntimeError) as error:
                 raise FeatxError(f"LiteRT cannot load the converted {self.name} ({error}); "
                                  f"delete it from {cache_dir()} to convert again") from error
-            self._local.interpreter = interpreter
-            self._local.input = interpreter.get_input_details()[0]["index"]
-            self._local.output = interpreter.get_output_details()[0]["index"]
-            self._local.batch = int(interpreter.get_input_details()[0]["shape"][0])
-        return interpreter
+            self._local.runner = runner
+        return runner
+
+
+class _InterpreterRunner:
+    """One thread's LiteRT interpreter; re-plans only when the batch size changes (a few ms each time)."""
+
+    def __init__(self, model_content: bytes, n_jobs: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=model_content, num_threads=n_jobs)
+        self.interpreter.allocate_tensors()
+        details = self.interpreter.get_input_details()[0]
+        self.input, self.batch = details["index"], int(details["shape"][0])
+        self.output = self.interpreter.get_output_details()[0]["index"]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        if n != self.batch:
+            self.interpreter.resize_tensor_input(self.input, list(batch.shape), strict=True)
+            self.interpreter.allocate_tensors()
+            self.batch = n
+        self.interpreter.set_tensor(self.input, batch)
+        self.interpreter.invoke()
+        return np.asarray(self.interpreter.get_tensor(self.output), dtype=np.float32).reshape(n, -1)
+
+
+class _CompiledRunner:
+    """One thread's LiteRT compiled model with XNNPACK forced to fp16 arithmetic (the Interpreter API has no
+    such switch; an fp16-weights .tflite alone still computes in float32, measured no faster)."""
+
+    def __init__(self, model_content: bytes, n_jobs: int, environment, feature_dim: int):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.cpu_options import CpuOptions
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import Options
+
+        options = Options(hardware_accelerators=HardwareAccelerator.CPU,
+                          cpu_options=CpuOptions(num_threads=n_jobs, xnnpack_flags=_XNNPACK_FORCE_FP16))
+        self.model = CompiledModel.from_buffer(model_content, environment=environment, options=options)
+        self.feature_dim, self.batch = feature_dim, 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        if n != self.batch:
+            self.model.resize_input_tensor(0, list(batch.shape))
+            self.inputs, self.outputs = self.model.create_input_buffers(0), self.model.create_output_buffers(0)
+            self.batch = n
+        self.inputs[0].write(batch)
+        self.model.run_by_index(0, self.inputs, self.outputs)
+        return self.outputs[0].read(n * self.feature_dim, np.float32).reshape(n, self.feature_dim)
 
 
 def _checked_n_jobs(n_jobs) -> int:
@@ -161,6 +206,30 @@ def _checked_n_jobs(n_jobs) -> int:
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
         raise FeatxError(f"n_jobs must be an integer of at least 1 (interpreter threads), got {n_jobs!r}")
     return int(n_jobs)
+
+
+def fp16_native() -> bool:
+    """Whether this CPU has fp16 arithmetic (x86 AVX512-FP16, ARM FP16 SIMD); elsewhere XNNPACK would emulate it."""
+    import platform
+    import sys
+
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"  # every Apple silicon core
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False
+    flags = {flag for line in lines if line.startswith(("flags", "Features"))
+             for flag in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_fp16", "asimdhp"})
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise FeatxError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and not fp16_native():
+        raise FeatxError("this CPU has no fp16 arithmetic (x86 AVX512-FP16 or ARM FP16), so fp16 would be slower "
+                         "than float32: use float32, or int8")
 
 
 def litert_available() -> bool:
@@ -180,8 +249,7 @@ def resolve_runtime(runtime: str = "auto", precision: str = "float32") -> str:
     """
     if runtime not in RUNTIMES:
         raise FeatxError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    if precision not in PRECISIONS:
-        raise FeatxError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    _check_precision(precision)
     reduced = precision != "float32"
     if runtime == "keras" and reduced:
         raise FeatxError(f"precision {precision} runs on the LiteRT runtime only: drop --runtime keras")
@@ -242,6 +310,7 @@ def cached_litert(name: str, weights_sha256: str, image_size: int, pooling: str 
     A cached conversion whose self-check failed raises FeatxError: converting again would fail again.
     """
     _checked_n_jobs(n_jobs)
+    _check_precision(precision)
     key = cache_key(name, weights_sha256, image_size, pooling, layer, precision, calibration_id)
     loaded = _load_cached(cached_path(key), key)
     if loaded is None:
@@ -312,6 +381,7 @@ def to_litert(backbone, weights_sha256: str, *, precision: str = "float32", cali
     calibration: for precision="int8", uint8 images (N, S, S, 3) of the dataset (~200) to calibrate on.
     """
     _checked_n_jobs(n_jobs)
+    _check_precision(precision)
     if precision == "int8":
         if calibration is None or len(calibration) == 0:
             raise FeatxError("precision int8 needs calibration images: pass ~200 images of the dataset")
@@ -373,10 +443,7 @@ def convert(backbone, *, precision: str = "float32", calibration=None) -> bytes:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.representative_dataset = _representative(backbone, calibration)
-        elif precision == "fp16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        elif precision != "float32":
+        elif precision not in ("float32", "fp16"):  # fp16 is a way to run the float32 file
             raise FeatxError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         try:
             return bytes(converter.convert())
