@@ -16,6 +16,9 @@ import types as _types
 
 # TensorFlow's C++ start-up chatter hides featx's own messages; users can still set their own level.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# OpenCV's own limit on the pixels of an image it decodes (read when cv2 is first imported): the same
+# as featx.images.MAX_IMAGE_PIXELS, for the formats whose header featx does not check itself (TIFF).
+_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "40000000")
 
 from featx._version import __version__  # noqa: E402
 from featx.errors import FeatxError  # noqa: E402

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import skops.io
 from skops.io.exceptions import UntrustedTypesFoundException
 
 from featx._version import __version__
+from featx.atomic import atomic_output
 from featx.backbones import list_backbones
 from featx.errors import FeatxError
 from featx.heads import TRUSTED_TYPES
@@ -84,7 +84,6 @@ def save_bundle(
 ) -> Path:
     """Write a fitted head with its label names, feature recipe(s) and test metrics to a .skops file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     content = {
         "format": BUNDLE_FORMAT,
         "featx_version": __version__,
@@ -96,7 +95,9 @@ def save_bundle(
         "graded": bool(graded),
         "extra": dict(extra or {}),
     }
-    skops.io.dump(content, path)
+    # A bundle cut short by a full disk must not sit there under its final name: written whole, then renamed.
+    with atomic_output(path, "then rerun `featx train`") as temporary:
+        skops.io.dump(content, temporary)
     return path
 
 
@@ -117,7 +118,11 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{path} holds types featx does not trust ({_untrusted_names(error)}); "
             "only load bundles made by featx train"
         ) from None
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, ImportError, OSError) as error:
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged zip fails in many ways (zlib, json, zipfile, numpy)
+        # Only skops' parsing ran (untrusted types are refused before anything is built): any failure
+        # here means the file is damaged, not that featx is.
         raise FeatxError(
             f"{path} is not a readable featx model bundle ({type(error).__name__}); retrain it with `featx train`"
         ) from None
@@ -132,6 +137,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise FeatxError(
             f"{path} is an incomplete featx model bundle (no {', '.join(missing)}); retrain it with `featx train`"
         )
+    wrong = _wrong_types(content)
+    if wrong:
+        raise FeatxError(f"{path} is a damaged featx model bundle ({wrong}); retrain it with `featx train`")
     return Bundle(
         head=content["head"],
         label_names=list(content["label_names"]),
@@ -143,6 +151,22 @@ def load_bundle(path: str | Path) -> Bundle:
         extra=dict(content.get("extra") or {}),
         path=path,
     )
+
+
+def _wrong_types(content: dict) -> str:
+    """What in a loaded bundle's content does not have the type featx wrote ('' when all do)."""
+    names = content["label_names"]
+    recipes = content.get("recipes", [])
+    problems = [
+        "head without predict()" if not callable(getattr(content["head"], "predict", None)) else "",
+        "label_names not a list of names" if not isinstance(names, list) or not names
+        or not all(isinstance(name, str) for name in names) else "",
+        "metrics not a dict" if not isinstance(content["metrics"], dict) else "",
+        "head_name not a name" if not isinstance(content["head_name"], str) else "",
+        "recipes not a list" if not isinstance(recipes, list) else "",
+        "extra not a dict" if not isinstance(content.get("extra") or {}, dict) else "",
+    ]
+    return ", ".join(problem for problem in problems if problem)
 
 
 def _untrusted_names(error: Exception) -> str:

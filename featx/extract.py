@@ -17,6 +17,7 @@ import numpy as np
 
 from featx import backbones as registry
 from featx import images
+from featx.atomic import writable_folder
 from featx.errors import FeatxError
 from featx.runner import Extraction, ExtractResult, Feeding, decode_workers
 
@@ -112,6 +113,9 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
     split_roots = images.find_splits(root)
     splits = _list_splits(split_roots, seed) if split_roots else {None: images.list_dataset(root, seed=seed)}
     outputs = _output_paths(root, output, list(splits), names)
+    for folder in sorted({out.parent for out in outputs.values()}):
+        # Before loading any backbone; nothing is created yet, in case a later check fails.
+        writable_folder(folder, "-o", create=False)
     models = []
     for name in names:
         log(f"loading backbone {name} (weights: {weights})")

@@ -31,6 +31,14 @@ SPLIT_ALIASES = {
 # Transparent pixels become this gray: it is neutral for every ImageNet preprocessing.
 ALPHA_BACKGROUND = 128
 
+# Decoding takes 3 bytes a pixel, and several times that for 16-bit or transparent images (they pass
+# through float32), per decoding thread: a 20,000 x 20,000 PNG would take 1.2 GB before featx shrinks it
+# to a few hundred pixels. Larger images are decoded at 1/2, 1/4 or 1/8 scale when JPEG (libjpeg scales
+# while it decodes), and skipped with a reason otherwise; their header is read before any decoding.
+# The formats whose header featx does not read (TIFF) get OpenCV's own refusal at the same size: featx
+# sets OPENCV_IO_MAX_IMAGE_PIXELS to it on import (OpenCV reads it once, when it is first imported).
+MAX_IMAGE_PIXELS = 40_000_000  # e.g. 7,700 x 5,200: any camera's JPEG, and most scans
+
 
 class UnreadableImage(FeatxError):
     """An image file that cannot be decoded; `reason` says why in a few words."""
@@ -200,20 +208,79 @@ def decode_image(data: bytes, path="<bytes>") -> np.ndarray:
     """Decode encoded image bytes to RGB uint8 (H, W, 3); `path` only names the image in errors."""
     if len(data) == 0:
         raise UnreadableImage(path, "empty file")
+    if _is_truncated_jpeg(data):
+        # Some libjpeg builds decode a cut-off file silently, padding it with gray.
+        raise UnreadableImage(path, "truncated JPEG (file ends before the image data does)")
     try:
-        # UNCHANGED keeps alpha and 16-bit depth (and never applies EXIF orientation: we do that).
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), _decoding_flags(data, path))
     except cv2.error:
         image = None
     if image is None:
         raise UnreadableImage(path, "cannot decode image (not an image or corrupt)")
     if image.size == 0 or image.shape[0] == 0 or image.shape[1] == 0:
         raise UnreadableImage(path, "image has zero width or height")
-    if _is_truncated_jpeg(data):
-        # Some libjpeg builds decode a cut-off file silently, padding it with gray.
-        raise UnreadableImage(path, "truncated JPEG (file ends before the image data does)")
     rgb = _to_rgb_uint8(image, path)
     return np.ascontiguousarray(_apply_orientation(rgb, _exif_orientation(data)))
+
+
+_REDUCED_JPEG = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))
+
+
+def _decoding_flags(data: bytes, path) -> int:
+    """How to decode: as stored, or (a JPEG over MAX_IMAGE_PIXELS) at a reduced scale; refuse larger images."""
+    # UNCHANGED keeps alpha and 16-bit depth (and never applies EXIF orientation: we do that).
+    size = image_header_size(data)
+    if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
+        return cv2.IMREAD_UNCHANGED
+    width, height = size
+    if _is_jpeg(data):
+        for scale, flag in _REDUCED_JPEG:
+            if -(-width // scale) * -(-height // scale) <= MAX_IMAGE_PIXELS:
+                return flag | cv2.IMREAD_IGNORE_ORIENTATION
+    raise UnreadableImage(path, f"image is {width} x {height} pixels, more than featx decodes "
+                                f"({MAX_IMAGE_PIXELS // 1_000_000} million); downscale it")
+
+
+def image_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) that an image's header declares (PNG, JPEG, BMP, GIF, WebP); None when not known."""
+    try:
+        if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if _is_jpeg(data):
+            for marker, start, _ in _jpeg_header_segments(data):
+                if marker in _JPEG_FRAME_MARKERS:  # start of frame: precision, height, width
+                    height, width = struct.unpack(">HH", data[start + 1 : start + 5])
+                    return width, height
+            return None
+        if data[:2] == b"BM":
+            if int.from_bytes(data[14:18], "little") == 12:  # the old OS/2 header: 16-bit sizes
+                return struct.unpack("<HH", data[18:22])
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)  # a negative height means rows stored top-down
+        if data[:4] in (b"GIF8",):
+            return struct.unpack("<HH", data[6:10])
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+    except struct.error:  # a header cut short: let the decoder say what is wrong
+        return None
+    return None
+
+
+# SOF0..SOF15 but DHT (C4), JPG (C8) and DAC (CC), which share the range.
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    kind = data[12:16]
+    if kind == b"VP8X":  # extended: 24-bit canvas width-1 and height-1
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if kind == b"VP8L":  # lossless: 14-bit width-1 and height-1 after a signature byte
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
 
 
 def try_load_image(path) -> tuple[np.ndarray | None, str | None]:

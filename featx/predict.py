@@ -6,7 +6,6 @@ The only stage-2+ module that runs a backbone (it imports the runner).
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from imutils.paths import list_images
 
+from featx.atomic import atomic_output, writable_folder
 from featx.backbones import from_recipe
 from featx.bundle import Bundle, as_bundle
 from featx.errors import FeatxError
@@ -51,6 +51,7 @@ def predict(bundle, images, *, output=None, batch_size: int = 32, log: Callable[
     model = as_bundle(bundle)
     files = _expand_images(images)
     output = Path("predictions.csv") if output is None else Path(output)
+    writable_folder(output.parent, "-o", create=False)  # before the extraction, not after it
     recipes = _recipes(model)
     backbones = [from_recipe(recipe) for recipe in recipes]  # fused bundles: each image decoded once for all
     log(f"extracting {len(files)} image(s) with {' + '.join(r.backbone for r in recipes)} for {model.head_name}")
@@ -128,20 +129,10 @@ def _expected_grades(model: Bundle, X) -> np.ndarray | None:
 
 def _write_csv(path: Path, columns, rows) -> None:
     """Write to a temporary name, then rename: a partial CSV never looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(partial, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value
-                                 for key, value in row.items()})
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        raise FeatxError(f"could not write {path} ({error.strerror or error}); free disk space or choose "
-                         "another -o, then rerun") from None
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_output(path, "or choose another -o, then rerun") as partial, \
+            open(partial, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value
+                             for key, value in row.items()})

@@ -107,7 +107,12 @@ def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[st
         )
     rows = np.flatnonzero(labelled)
     # One contiguous read, then select: much faster than h5py's fancy indexing; heads need it all in memory.
-    X = _finite(np.asarray(store.features[:], dtype=np.float32), store.path)
+    try:
+        X = np.asarray(store.features[:], dtype=np.float32)
+    except OSError as error:  # a file cut short or damaged after its header: HDF5 finds out here
+        raise FeatxError(f"{store.path} is damaged: its features cannot be read ({' '.join(str(error).split())}); "
+                         "recreate it with `featx extract`") from None
+    X = _finite(X, store.path)
     every = Rows.of(X, mapped, store.paths if len(store.paths) == len(labels) else None, aug=store.aug,
                     root=store.dataset_root, source=str(store.path))
     return every if len(rows) == len(labels) else every.subset(rows)

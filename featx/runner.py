@@ -323,17 +323,20 @@ class Extraction:
             writers = []
             self.timer.add("write", time.perf_counter() - t0)
             return len(items)
-        except BaseException:
+        except BaseException as error:
             for writer in writers:
                 try:
                     writer.abort()
-                except Exception:  # keep the original error; abort already flushed what it could
-                    logger.exception("could not save the last buffer")
+                except Exception as abort_error:  # keep the original error; abort already flushed what it could
+                    # A full disk refuses this flush too: the original error already says so, in one line.
+                    if isinstance(error, FeatxError):
+                        logger.debug("could not save the last buffered rows: %s", abort_error)
+                    else:
+                        logger.warning("could not save the last buffered rows: %s", abort_error)
             raise
 
     def _open_writer(self, model, ds, split, feeding: Feeding) -> HDF5DatasetWriter:
         out = self.outputs[(split, model.name)]
-        out.parent.mkdir(parents=True, exist_ok=True)
         exists = out.exists() or Path(parts_dir(out)).exists()
         recipe = model.recipe(resize="crop" if feeding.crop else "stretch", tta=feeding.tta or "",
                               augment=feeding.augment, seed=feeding.seed)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from featx.atomic import writable_folder
 from featx.bundle import save_bundle
 from featx.errors import FeatxError
 from featx.heads import (
@@ -148,8 +149,7 @@ def train(
                "class_weight": class_weight, "metric": metric, "train_rows": len(data), "test_rows": len(held_out),
                "refit_rows": None if everything is None else len(everything)},
     )
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = writable_folder(output, "-o")  # before any fit: a long run must not end in a permission error
     rows, texts, models, scored, bundles, pngs = [], {}, {}, {}, {}, {}
     for head_name in head_names:
         head, row, y_pred = fit_and_score(head_name, split, options)

@@ -209,7 +209,8 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "a
         raise FeatxError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
                                    or image_size < 32):
-        raise FeatxError(f"image_size must be an integer of at least 32, got {image_size!r}")
+        raise FeatxError(f"image size must be an integer of at least 32 pixels, got {image_size!r}; pass "
+                         f"--image-size 32 or more, or leave it out for {name}'s own size")
     weights = _normalise_weights(weights)
     image_size = int(image_size) if image_size else backbone_info(name)["input_size"]
     if name in lite.VARIANTS:
@@ -282,7 +283,8 @@ def _keras_constructor(name, image_size, path):
         return keras_apps.build_model(name, image_size, path)
     except ValueError as error:  # e.g. an image size the architecture cannot take
         reason = " ".join(str(error).split())[:160]
-        raise FeatxError(f"cannot build {name} at image_size {image_size}: {reason}") from error
+        raise FeatxError(f"cannot build {name} at image_size {image_size}: {reason}; pass a larger --image-size, "
+                         f"or leave it out for {name}'s own size") from error
 
 
 def _keras_classifier(name):

@@ -214,8 +214,10 @@ def report(bundle_path, features_path, *, output=None, folds: int = 5, seed: int
         raise FeatxError(f"{features} has no labelled rows; a report needs images in class folders")
     recipe = bundle.recipe
     notes = []
+    # One path in bundles from before fusion, a list of the fused files' paths since.
     trained_on = bundle.extra.get("features")
-    if trained_on and Path(trained_on).resolve() == features.resolve():
+    trained_on = [trained_on] if isinstance(trained_on, str) else trained_on if isinstance(trained_on, list) else []
+    if any(isinstance(path, str) and Path(path).resolve() == features.resolve() for path in trained_on):
         notes.append(f"The head was trained on rows of {features.name}: its confusion matrix here is optimistic. "
                      "The label issues are out-of-fold, so they are not.")
     summary = ReportData(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.atomic import atomic_output
 from featx.errors import FeatxError
 
 __all__ = ["LabelIssues", "find_label_issues", "out_of_fold_probabilities", "write_label_issues_csv"]
@@ -145,9 +146,8 @@ def write_label_issues_csv(path, issues: LabelIssues, class_names: Sequence[str]
     `path` is joined to the dataset root when it is known, so the file can be opened or moved as listed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = [str(name) for name in class_names]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "given", "suggested", "score", "confident", *(f"p_{name}" for name in names)])
         for i, relative in enumerate(issues.paths):

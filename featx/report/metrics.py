@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.atomic import atomic_output
 from featx.heads import quadratic_weighted_kappa
 
 __all__ = [
@@ -206,6 +207,6 @@ def save_confusion_png(cm, names: Sequence[str], path: str | Path, *, title: str
                 axes.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour, fontsize=8)
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")  # the temporary name has no .png suffix
     return path

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.atomic import atomic_output
 from featx.report.feature_map import MAX_POINTS, layout_2d
 from featx.report.label_issues import LabelIssues
 from featx.report.metrics import (
@@ -488,9 +489,7 @@ def write_report_page(path, data: ReportData, *, per_cell: int = PER_CELL, galle
         f'{"".join(sections)}<p class="note">{built}</p></main>{_SCRIPT}</body></html>'
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Written whole to a temporary name, then renamed: a reader never sees half a page.
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(page, encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_output(path) as temporary:
+        temporary.write_text(page, encoding="utf-8")
     return path

@@ -89,6 +89,39 @@ class Contents:
         rows = self.file["skipped"].asstr()[()]
         return [(str(p), str(r)) for p, r in rows]
 
+    def check(self) -> None:
+        """Raise ValueError unless the columns fit the features (reads only the small columns).
+
+        A file from elsewhere may have any shapes and types; checking them once here keeps every
+        reader (FeatureStore, resume, `featx info`) from failing later with a numpy or h5py error.
+        """
+        n = len(self)
+        if self.features.ndim != 2:
+            raise ValueError(f"features of shape {self.features.shape}, not (rows, dims)")
+        if self.features.dtype.kind not in "fiu":
+            raise ValueError(f"features of dtype {self.features.dtype}, not numbers")
+        for name, kinds, ndim in (("labels", "iu", 1), ("aug", "iu", 1), ("paths", "SOU", 1),
+                                  ("label_names", "SOU", 1), ("skipped", "SOU", 2)):
+            column = self.file.get(name)
+            if column is None:
+                continue
+            if not isinstance(column, h5py.Dataset) or column.ndim != ndim or column.dtype.kind not in kinds:
+                what = "a group" if not isinstance(column, h5py.Dataset) else \
+                    f"shape {column.shape}, dtype {column.dtype}"
+                raise ValueError(f"column {name!r} is {what}")
+            if name in ("labels", "aug", "paths") and column.shape[0] != n:
+                raise ValueError(f"{n} feature rows but {column.shape[0]} {name}")
+        if "skipped" in self.file and self.file["skipped"].shape[1] != 2:
+            raise ValueError(f"column 'skipped' of shape {self.file['skipped'].shape}, not (files, 2)")
+        # Decoding checks the strings are utf-8; the names are few, the paths are needed by every reader.
+        names, labels = self.label_names(), self.labels()
+        self.paths(), self.skipped()
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names repeated ({', '.join(names)})")
+        labelled = labels[labels >= 0]
+        if labelled.size and names and int(labelled.max()) >= len(names):
+            raise ValueError(f"labels without class names (index {int(labelled.max())}, {len(names)} names)")
+
 
 def open_featx_file(path: str, allow_legacy: bool) -> tuple[h5py.File, str]:
     """Open a feature file read-only; returns (file, data_key) or raises FeatxError."""
@@ -102,8 +135,25 @@ def open_featx_file(path: str, allow_legacy: bool) -> tuple[h5py.File, str]:
         h5file = h5py.File(path, "r")
     except OSError as exc:
         raise FeatxError(
-            f"{path} cannot be opened as HDF5 ({exc}); recreate it with `featx extract`"
+            f"{path} cannot be opened as HDF5 ({_one_line(exc)}); recreate it with `featx extract`"
         ) from None
+    try:
+        fmt, data_key = _format_and_data_key(h5file, allow_legacy)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        # Attributes HDF5 or utf-8 cannot decode: the file is not one featx wrote.
+        h5file.close()
+        raise FeatxError(f"{path} is damaged ({_one_line(exc)}); recreate it with `featx extract`") from None
+    if data_key is None:
+        h5file.close()
+        what = f"format {fmt!r}" if fmt else "no featx format attribute"
+        raise FeatxError(
+            f"{path} is not a featx feature file ({what}); create one with `featx extract`"
+        )
+    return h5file, data_key
+
+
+def _format_and_data_key(h5file: h5py.File, allow_legacy: bool) -> tuple[object, str | None]:
+    """The file's format attribute and its features' dataset name, None when it holds no usable features."""
     fmt = plain(h5file.attrs.get("format", ""))
     if fmt == FORMAT:
         data_key = plain(h5file.attrs.get("data_key", "features"))
@@ -113,18 +163,16 @@ def open_featx_file(path: str, allow_legacy: bool) -> tuple[h5py.File, str]:
     else:
         data_key = None
     ok = (
-        data_key is not None
+        isinstance(data_key, str)
         and isinstance(h5file.get(data_key), h5py.Dataset)
         and h5file[data_key].ndim == 2
         and (fmt == FORMAT or isinstance(h5file.get("labels"), h5py.Dataset))
     )
-    if not ok:
-        h5file.close()
-        what = f"format {fmt!r}" if fmt else "no featx format attribute"
-        raise FeatxError(
-            f"{path} is not a featx feature file ({what}); create one with `featx extract`"
-        )
-    return h5file, data_key
+    return fmt, data_key if ok else None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def open_shard(path: str) -> tuple[h5py.File, Contents]:
@@ -132,14 +180,20 @@ def open_shard(path: str) -> tuple[h5py.File, Contents]:
     try:
         h5file = h5py.File(path, "r")
     except OSError as exc:
-        raise FeatxError(f"shard {path} is unreadable ({exc}); {remedy}") from None
+        raise FeatxError(f"shard {path} is unreadable ({_one_line(exc)}); {remedy}") from None
     try:
-        contents = Contents(h5file, plain(h5file.attrs["data_key"]))
-        if contents.features.ndim != 2:
-            raise ValueError(f"features of shape {contents.features.shape}")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        data_key = plain(h5file.attrs["data_key"])
+        if not isinstance(data_key, str) or not isinstance(h5file.get(data_key), h5py.Dataset):
+            raise ValueError(f"no features under data_key {data_key!r}")
+        contents = Contents(h5file, data_key)
+        contents.check()
+        contents.recipe  # noqa: B018 - a recipe that cannot be read is a damaged shard
+    except FeatxError as exc:
         h5file.close()
-        raise FeatxError(f"shard {path} is not a featx shard ({exc}); {remedy}") from None
+        raise FeatxError(f"shard {path} is damaged ({exc}); {remedy}") from None
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        h5file.close()
+        raise FeatxError(f"shard {path} is not a featx shard ({_one_line(exc)}); {remedy}") from None
     return h5file, contents
 
 

@@ -27,6 +27,7 @@ class FeatureStore:
         self._file, self.data_key = open_featx_file(self.path, allow_legacy=True)
         try:
             contents = Contents(self._file, self.data_key)
+            contents.check()
             self.features = contents.features
             self.labels = contents.labels()
             self.label_names = contents.label_names()
@@ -35,23 +36,12 @@ class FeatureStore:
             self.skipped = contents.skipped()
             self.attrs = contents.attrs
             self.recipe: Recipe | None = contents.recipe
-            self._check_columns()
         except Exception as exc:
             self._file.close()
             if isinstance(exc, FeatxError):
-                raise
-            raise FeatxError(f"{self.path} is damaged ({exc}); recreate it with `featx extract`") from None
-
-    def _check_columns(self) -> None:
-        n_rows = len(self.features)
-        for name, column in (("labels", self.labels), ("paths", self.paths), ("aug", self.aug)):
-            if column is not None and len(column) != n_rows:
-                raise FeatxError(f"{self.path} has {n_rows} feature rows but {len(column)} {name}; "
-                                 "recreate it with `featx extract`")
-        labelled = self.labels[self.labels >= 0]
-        if labelled.size and self.label_names and labelled.max() >= len(self.label_names):
-            raise FeatxError(f"{self.path} has labels without class names (index {int(labelled.max())}, "
-                             f"{len(self.label_names)} names); recreate it with `featx extract`")
+                raise FeatxError(f"{self.path}: {exc}") from None
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise FeatxError(f"{self.path} is damaged ({message}); recreate it with `featx extract`") from None
 
     @staticmethod
     def _missing_message(path: str) -> str:
@@ -72,13 +62,16 @@ class FeatureStore:
 
     @property
     def complete(self) -> bool:
-        # Seeds-style files have no marker; they were written in one go.
-        return bool(self.attrs.get("complete", True))
+        # Seeds-style files have no marker; they were written in one go. A marker that is not a flag
+        # was not written by featx: the file cannot be called complete.
+        marker = self.attrs.get("complete", True)
+        return isinstance(marker, (bool, int)) and bool(marker)
 
     @property
     def dataset_root(self) -> str | None:
         """The folder the paths are relative to, when the file records it."""
-        return self.attrs.get("dataset_root") or None
+        root = self.attrs.get("dataset_root")
+        return root if isinstance(root, str) and root else None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from featx._version import __version__
+from featx.atomic import write_error
 from featx.errors import FeatxError
 from featx.recipe import Recipe, mismatch
 from featx.store._durable import Lock, list_shards, parts_dir, remove_temp_leftovers, write_hdf5_atomically
@@ -95,9 +96,12 @@ class HDF5DatasetWriter:
         self._reset_buffer()
 
         directory = os.path.dirname(os.path.abspath(self.output_path))
-        os.makedirs(directory, exist_ok=True)
         self._lock = Lock(self.output_path)
-        self._lock.acquire()
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._lock.acquire()
+        except OSError as exc:  # a folder without write permission, a full disk
+            raise write_error(self.output_path, exc, "then rerun the same command") from None
         try:
             remove_temp_leftovers(self.output_path)
             self._prepare_output()
@@ -127,6 +131,9 @@ class HDF5DatasetWriter:
         return dim
 
     def _prepare_output(self) -> None:
+        if os.path.lexists(self._parts) and not os.path.isdir(self._parts):
+            raise FeatxError(f"{self._parts} is a file, not the folder featx keeps unfinished rows in; "
+                             "move or delete it, then rerun")
         exists = os.path.exists(self.output_path)
         shards = list_shards(self._parts)
         if self.mode == "w-" and (exists or shards):
@@ -150,7 +157,13 @@ class HDF5DatasetWriter:
         except FeatxError as exc:
             raise FeatxError(f"cannot resume: {exc}; or pass --overwrite to replace it") from None
         with h5file:
-            final = Contents(h5file, data_key)
+            try:
+                final = Contents(h5file, data_key)  # decodes the attributes: they may not be utf-8
+                final.check()
+                final.recipe  # noqa: B018 - a recipe that cannot be read is damage too
+            except (FeatxError, OSError, ValueError, TypeError, KeyError) as exc:
+                raise FeatxError(f"cannot resume: {self.output_path} is damaged ({' '.join(str(exc).split())}); "
+                                 "pass --overwrite to replace it") from None
             self._check_layout(final, self.output_path)
             self._absorb(final, self.output_path)
             self._final_rows = len(final)
@@ -349,7 +362,10 @@ class HDF5DatasetWriter:
     def _write_shard(self) -> None:
         if self._buf_count == 0 and not self._buf_skipped:
             return
-        os.makedirs(self._parts, exist_ok=True)
+        try:
+            os.makedirs(self._parts, exist_ok=True)
+        except OSError as exc:
+            raise write_error(self._parts, exc, "then rerun the same command to resume") from None
         name = f"shard-{self._next_shard:06d}.h5"
         write_hdf5_atomically(os.path.join(self._parts, name),
                                os.path.join(self._parts, f".{name}.tmp-{os.getpid()}"), self._fill_shard)
@@ -357,7 +373,7 @@ class HDF5DatasetWriter:
         self._next_shard += 1
         self._reset_buffer()
 
-    def _fill_shard(self, h5file: h5py.File) -> None:
+    def _fill_shard(self, h5file: h5py.File, check) -> None:
         rows = (np.concatenate(self._buf_rows) if self._buf_rows
                 else np.empty((0, self.dim), dtype=self.dtype))
         h5file.create_dataset(self.data_key, data=rows)
@@ -382,9 +398,9 @@ class HDF5DatasetWriter:
     # ---------------------------------------------------------------- assembly
 
     def _assemble(self, complete: bool) -> None:
-        def fill(out: h5py.File) -> None:
+        def fill(out: h5py.File, check) -> None:
             sink = _FinalSink(out, self.data_key, self.dim, self.dtype, self._any_aug,
-                              expected_rows=self.rows_written)
+                              expected_rows=self.rows_written, check=check)
             for contents, h5file in self._sources():
                 with h5file:
                     sink.append(contents)
@@ -444,7 +460,7 @@ class _FinalSink:
     """Streams rows into the final file's resizable datasets, dropping (path, aug) repeats."""
 
     def __init__(self, out: h5py.File, data_key: str, dim: int, dtype, with_aug: bool,
-                 expected_rows: int):
+                 expected_rows: int, check=lambda: None):
         # Chunks of ~0.5 MiB, but no bigger than the data: a small file stays small.
         cap = max(1, expected_rows)
         chunk_rows = min(cap, max(1, _CHUNK_BYTES // (dim * dtype.itemsize)))
@@ -462,6 +478,7 @@ class _FinalSink:
         self.block_rows = max(1, _COPY_BLOCK_BYTES // (dim * dtype.itemsize))
         self.seen_rows: set[tuple[str, int]] = set()
         self.seen_skipped: set[str] = set()
+        self.check = check  # raises once the disk refused a write: no point copying the rest
 
     def append(self, contents: Contents) -> None:
         for start in range(0, len(contents), self.block_rows):
@@ -476,6 +493,7 @@ class _FinalSink:
             self._extend(self.paths, np.array(paths, dtype=object)[keep])
             if self.aug is not None:
                 self._extend(self.aug, aug[keep])
+            self.check()
         skipped = [(p, r) for p, r in contents.skipped() if not (p and p in self.seen_skipped)]
         self.seen_skipped.update(p for p, _ in skipped)
         if skipped:
