@@ -73,14 +73,18 @@ def _backbone_names(backbone) -> list[str]:
 
 def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
             image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
-            tta=None, crop=False, seed=0, workers=None, engine="local", address=None, gpus_per_worker=0,
-            overwrite=False, progress=True, log: Callable[[str], object] = print) -> ExtractResult:
+            tta=None, crop=False, seed=0, workers=None, runtime="auto", precision="float32", engine="local",
+            address=None, gpus_per_worker=0, overwrite=False, progress=True,
+            log: Callable[[str], object] = print) -> ExtractResult:
     """Extract features of every image under `dataset` into HDF5 feature files; resumable.
 
     backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
     A dataset with train/val/test folders gives one file per split with one shared class list.
     Rerunning continues an interrupted extraction; a run whose recipe differs from the existing
     file's (any key, e.g. --crop or --augment) is refused unless `overwrite`.
+    runtime: "auto" (LiteRT on a CPU-only machine, Keras/TensorFlow when a GPU is visible), "keras" or
+    "litert"; float32 LiteRT gives Keras' features, so files made with either resume and mix freely.
+    precision: "float32", or "fp16" (LiteRT, CPUs with fp16 arithmetic; recorded in the recipe).
     engine: "local" (decoding threads, `workers` of them) or "ray" (Ray Data: `workers` backbone actors with
     `gpus_per_worker` GPUs each, on the cluster at `address` or RAY_ADDRESS, else on a local Ray instance).
     """
@@ -104,7 +108,7 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
         from featx.engines import ray as ray_engine  # only here: featx runs without Ray installed
 
         ray_engine.connect(address, log=log)  # a wrong --address fails now, before any backbone loads
-        engine_options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+        engine_options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker, runtime=runtime)
     elif address or gpus_per_worker:
         raise FeatxError("--address and --gpus-per-worker are options of --engine ray")
     feeding = Feeding(batch_size=batch_size, workers=decode_workers(workers), tta="flip" if tta == "flip" else None,
@@ -118,9 +122,10 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
         writable_folder(folder, "-o", create=False)
     models = []
     for name in names:
-        log(f"loading backbone {name} (weights: {weights})")
-        models.append(registry.get_backbone(name, weights=weights, pooling=pooling, image_size=image_size,
-                                            layer=layer))
+        model = registry.get_backbone(name, weights=weights, pooling=pooling, image_size=image_size, layer=layer,
+                                      runtime=runtime, precision=precision)
+        log(f"loaded backbone {name} (weights: {weights}; runtime: {model.runtime} {model.precision})")
+        models.append(model)
 
     extraction = ray_engine.RayExtraction if engine == "ray" else Extraction
     run = extraction(models, outputs, feeding, buffer_size=buffer_size, dtype=dtype, overwrite=overwrite,

@@ -40,20 +40,21 @@ class PredictResult:
         return text
 
 
-def predict(bundle, images, *, output=None, batch_size: int = 32, log: Callable[[str], object] = print
-            ) -> PredictResult:
+def predict(bundle, images, *, output=None, batch_size: int = 32, runtime: str = "auto",
+            log: Callable[[str], object] = print) -> PredictResult:
     """Predict image files and folders with a saved bundle; write a CSV.
 
     Columns: path, predicted, p_<class>... (when the head has probabilities), expected_grade (ordinal
     heads), error (why a file could not be read; such files have no prediction). The CSV is written
-    under a temporary name and renamed, so a CSV that exists is complete.
+    under a temporary name and renamed, so a CSV that exists is complete. runtime: as in `extract`.
     """
     model = as_bundle(bundle)
     files = _expand_images(images)
     output = Path("predictions.csv") if output is None else Path(output)
     writable_folder(output.parent, "-o", create=False)  # before the extraction, not after it
     recipes = _recipes(model)
-    backbones = [from_recipe(recipe) for recipe in recipes]  # fused bundles: each image decoded once for all
+    # Fused bundles: every backbone runs on one decoding of each image.
+    backbones = [from_recipe(recipe, runtime=runtime) for recipe in recipes]
     log(f"extracting {len(files)} image(s) with {' + '.join(r.backbone for r in recipes)} for {model.head_name}")
     X, kept, skipped = features_for_files(files, backbones, tta=recipes[0].tta or None,
                                           crop=recipes[0].resize == "crop", batch_size=batch_size)

@@ -69,7 +69,8 @@ def test_extract_then_info_through_the_cli(tmp_path, capsys):
                  "-q"])
     assert code == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[:2] == ["loading backbone efficientnet_lite0 (weights: none)", f"{out}: 6 rows (6 new)"]
+    assert printed[:2] == ["loaded backbone efficientnet_lite0 (weights: none; runtime: litert float32)",
+                           f"{out}: 6 rows (6 new)"]
     assert printed[2].startswith("6 images in ") and "images/s): decode" in printed[2] and "inference" in printed[2]
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out.splitlines()

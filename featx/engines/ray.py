@@ -163,11 +163,12 @@ def decode_batch(batch: dict, *, sizes, augment, tta, crop, seed) -> dict:
 class BackboneActor:
     """Ray actor: builds the backbones once (from their recipes) and turns pixel batches into feature rows."""
 
-    def __init__(self, recipes, *, tta, batch_size):
+    def __init__(self, recipes, *, tta, batch_size, runtime="auto"):
         from featx.backbones import from_recipe
 
-        # from_recipe checks the weights' sha256: every actor runs exactly the driver's model.
-        self.backbones = [from_recipe(recipe) for recipe in recipes]
+        # from_recipe checks the weights' sha256: every actor runs exactly the driver's model. "auto" picks
+        # the runtime for the actor's own node (LiteRT on CPUs, Keras where it sees a GPU): same features.
+        self.backbones = [from_recipe(recipe, runtime=runtime) for recipe in recipes]
         self.tta = tta
         self.batch_size = batch_size
 
@@ -197,9 +198,10 @@ class BackboneActor:
 class RayExtraction(Extraction):
     """The runner's `Extraction` (writers, resume, summaries) with images decoded and inferred on Ray."""
 
-    def __init__(self, *args, address=None, workers=None, gpus_per_worker=0, **kwargs):
+    def __init__(self, *args, address=None, workers=None, gpus_per_worker=0, runtime="auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.address = address
+        self.runtime = runtime
         self.gpus_per_worker = float(gpus_per_worker or 0)
         if self.gpus_per_worker < 0:
             raise FeatxError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
@@ -225,7 +227,8 @@ class RayExtraction(Extraction):
                          # never fused, so decoding stays on the cluster's CPUs while the GPUs infer.
                          num_cpus=1, num_gpus=self.gpus_per_worker or None,
                          fn_constructor_args=([model.recipe() for model in self.models],),
-                         fn_constructor_kwargs=dict(tta=feeding.tta, batch_size=feeding.batch_size))
+                         fn_constructor_kwargs=dict(tta=feeding.tta, batch_size=feeding.batch_size,
+                                                    runtime=self.runtime))
         )
         bar = tqdm(total=len(items), unit="img", desc=desc, disable=not self.progress, dynamic_ncols=True)
         skips = []
