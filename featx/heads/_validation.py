@@ -54,7 +54,7 @@ def fit_with_sample_weight(estimator, X, y, sample_weight=None):
 _GROUP_SPLITTERS = (GroupKFold, GroupShuffleSplit, LeaveOneGroupOut, LeavePGroupsOut, StratifiedGroupKFold)
 
 
-def group_splitter(cv, random_state=0):
+def group_splitter(cv, seed=0):
     """A group-aware version of a search's `cv`: StratifiedGroupKFold with as many splits.
 
     Group-aware splitters are kept as they are; the seed is the given splitter's own where it has one.
@@ -62,9 +62,9 @@ def group_splitter(cv, random_state=0):
     if isinstance(cv, _GROUP_SPLITTERS):
         return cv
     n_splits = 5 if cv is None else cv if isinstance(cv, (int, np.integer)) else cv.get_n_splits()
-    seed = getattr(cv, "random_state", None)
+    own_seed = getattr(cv, "random_state", None)
     return StratifiedGroupKFold(
-        n_splits=int(n_splits), shuffle=True, random_state=random_state if seed is None else seed
+        n_splits=int(n_splits), shuffle=True, random_state=seed if own_seed is None else own_seed
     )
 
 
@@ -73,7 +73,7 @@ def takes_groups(estimator) -> bool:
     return isinstance(estimator, BaseSearchCV) or "groups" in inspect.signature(estimator.fit).parameters
 
 
-def fit_grouped(estimator, X, y, groups=None, random_state=0):
+def fit_grouped(estimator, X, y, groups=None, seed=0):
     """Fit `estimator` (a fresh clone: a search's cv is replaced on it) keeping each group together.
 
     Without groups this is plain ``estimator.fit(X, y)``. With groups, a search splits by group
@@ -81,11 +81,25 @@ def fit_grouped(estimator, X, y, groups=None, random_state=0):
     """
     if groups is None or not takes_groups(estimator):
         return estimator.fit(X, y)
-    return with_group_cv(estimator, random_state).fit(X, y, groups=groups)
+    return with_group_cv(estimator, seed).fit(X, y, groups=groups)
 
 
-def with_group_cv(estimator, random_state=0):
+def with_group_cv(estimator, seed=0):
     """`estimator` with a search's cv made group-aware (set on it: pass a clone); others as they are."""
     if isinstance(estimator, BaseSearchCV):
-        estimator.set_params(cv=group_splitter(estimator.cv, random_state))
+        estimator.set_params(cv=group_splitter(estimator.cv, seed))
     return estimator
+
+
+def nested_splits(estimator) -> list[tuple[int, str]]:
+    """The k-fold splits nested in an unfitted estimator, outermost first: [(k, what it is for), ...].
+
+    featx's estimators describe their own cross-validation (a ``nested_splits`` method); of a
+    Pipeline's steps the deepest counts; other estimators have none.
+    """
+    describe = getattr(estimator, "nested_splits", None)
+    if callable(describe) and not isinstance(estimator, type):
+        return describe()
+    if isinstance(estimator, Pipeline):
+        return max((nested_splits(step) for _, step in estimator.steps), key=len, default=[])
+    return []
