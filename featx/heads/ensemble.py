@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.utils import get_tags
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featx.heads._validation import fit_grouped
+from featx.heads._validation import fit_grouped, nested_splits
 from featx.heads.ordinal import grades_from_scores
 
 
@@ -34,14 +34,14 @@ class FoldEnsemble(ClassifierMixin, BaseEstimator):
     ----------
     estimator : classifier
     n_splits : int, default=5
-    random_state : int, default=0
+    seed : int, default=0
         Seed of the fold shuffle.
     """
 
-    def __init__(self, estimator, n_splits=5, random_state=0):
+    def __init__(self, estimator, n_splits=5, seed=0):
         self.estimator = estimator
         self.n_splits = n_splits
-        self.random_state = random_state
+        self.seed = seed
 
     def fit(self, X, y, groups=None):
         """Fit K members; with `groups`, rows of one group (e.g. augmented copies) share a fold.
@@ -55,10 +55,10 @@ class FoldEnsemble(ClassifierMixin, BaseEstimator):
         if groups is not None:
             groups = np.asarray(groups)
         if groups is None:
-            splitter = StratifiedKFold(self.n_splits, shuffle=True, random_state=self.random_state)
+            splitter = StratifiedKFold(self.n_splits, shuffle=True, random_state=self.seed)
         else:
             splitter = StratifiedGroupKFold(
-                self.n_splits, shuffle=True, random_state=self.random_state
+                self.n_splits, shuffle=True, random_state=self.seed
             )
         self.estimators_ = []
         for fold, (train_rows, _) in enumerate(splitter.split(X, y, groups)):
@@ -73,7 +73,7 @@ class FoldEnsemble(ClassifierMixin, BaseEstimator):
             member_groups = None if groups is None else groups[train_rows]
             member = clone(self.estimator)
             self.estimators_.append(
-                fit_grouped(member, X[train_rows], y[train_rows], member_groups, self.random_state)
+                fit_grouped(member, X[train_rows], y[train_rows], member_groups, self.seed)
             )
         return self
 
@@ -114,6 +114,10 @@ class FoldEnsemble(ClassifierMixin, BaseEstimator):
         votes = np.stack([np.searchsorted(self.classes_, m.predict(X)) for m in self.estimators_])
         counts = np.apply_along_axis(np.bincount, 0, votes, minlength=len(self.classes_))
         return self.classes_[np.argmax(counts, axis=0)]
+
+    def nested_splits(self):
+        """The k-fold splits nested in this ensemble, outermost first: [(k, what it is for), ...]."""
+        return [(int(self.n_splits), "ensemble"), *nested_splits(self.estimator)]
 
     def _validated(self, X):
         check_is_fitted(self)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, check_cv, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -23,14 +23,12 @@ from featx.heads._validation import (
     encode_classes,
     fit_grouped,
     fit_with_sample_weight,
+    nested_splits,
     takes_groups,
     with_group_cv,
 )
 from featx.heads.metrics import qwk_from_grades
-
-# Ridge penalties to choose from by efficient leave-one-out; wide because pooled CNN
-# features have 10^2..10^3 dimensions and often more dimensions than rows.
-RIDGE_ALPHAS = np.logspace(-2, 5, 15)
+from featx.heads.ridge import RidgeLOO
 
 # Threshold search: at most this many candidate cut points per threshold and passes.
 _MAX_CANDIDATES = 256
@@ -99,16 +97,18 @@ class OrdinalThresholds(ClassifierMixin, BaseEstimator):
     ----------
     estimator : classifier with predict_proba, default=None
         None means ``default_ordinal_base()`` (StandardScaler + LogisticRegression).
-    cv : int or cross-validation splitter, default=3
-        Folds for the out-of-fold probabilities; an int means seeded StratifiedKFold.
-    random_state : int, default=0
+    cv : int, cross-validation splitter or "search", default=3
+        Folds for the out-of-fold probabilities; an int means seeded StratifiedKFold. "search":
+        the estimator's own search's out-of-fold probabilities at the value it chose
+        (PathSearchCV's ``oof_proba_``), so no model is fitted twice.
+    seed : int, default=0
         Seed of the fold shuffle.
     """
 
-    def __init__(self, estimator=None, cv=3, random_state=0):
+    def __init__(self, estimator=None, cv=3, seed=0):
         self.estimator = estimator
         self.cv = cv
-        self.random_state = random_state
+        self.seed = seed
 
     def fit(self, X, y, groups=None):
         """Fit; with `groups` (e.g. an image and its augmented copies), a group's rows stay on one
@@ -119,11 +119,28 @@ class OrdinalThresholds(ClassifierMixin, BaseEstimator):
         base = default_ordinal_base() if self.estimator is None else self.estimator
         if groups is not None:
             groups = np.asarray(groups)
-        oof_probabilities = self._out_of_fold_probabilities(base, X, grades, groups)
+        if isinstance(self.cv, str) and self.cv == "search":
+            self.estimator_ = fit_grouped(clone(base), X, grades, groups, self.seed)
+            oof_probabilities = getattr(self.estimator_, "oof_proba_", None)
+            if oof_probabilities is None:
+                raise ValueError(
+                    "cv='search' needs an estimator that keeps its search's out-of-fold probabilities "
+                    "(oof_proba_, as PathSearchCV does); give an int cv instead."
+                )
+        else:
+            oof_probabilities = self._out_of_fold_probabilities(base, X, grades, groups)
+            self.estimator_ = fit_grouped(clone(base), X, grades, groups, self.seed)
         self.oof_expected_grade_ = expected_grades(oof_probabilities)
         self.thresholds_ = fit_thresholds(self.oof_expected_grade_, grades, n_grades)
-        self.estimator_ = fit_grouped(clone(base), X, grades, groups, self.random_state)
         return self
+
+    def nested_splits(self):
+        """The k-fold splits nested in this head, outermost first: [(k, what it is for), ...]."""
+        inner = nested_splits(default_ordinal_base() if self.estimator is None else self.estimator)
+        if isinstance(self.cv, str) and self.cv == "search":
+            return inner  # thresholds come from the search's own folds
+        n_splits = int(self.cv) if isinstance(self.cv, (int, np.integer)) else int(self.cv.get_n_splits())
+        return [(n_splits, "thresholds"), *inner]
 
     def _out_of_fold_probabilities(self, base, X, grades, groups):
         splitter = self._splitter(grades, groups)
@@ -132,7 +149,7 @@ class OrdinalThresholds(ClassifierMixin, BaseEstimator):
         model = clone(base)
         params = {}
         if takes_groups(model):
-            model = with_group_cv(model, self.random_state)
+            model = with_group_cv(model, self.seed)
             params = {"groups": groups}  # cross_val_predict hands each fold its rows' groups
         return cross_val_predict(
             model, X, grades, groups=groups, cv=splitter, method="predict_proba", params=params
@@ -153,8 +170,8 @@ class OrdinalThresholds(ClassifierMixin, BaseEstimator):
             )
         n_splits = min(self.cv, smallest_class)
         if groups is None:
-            return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
-        return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
+            return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.seed)
+        return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=self.seed)
 
     def predict_proba(self, X):
         """The base model's class probabilities (columns in classes_ order)."""
@@ -177,7 +194,7 @@ class RoundedRegression(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     estimator : regressor, default=None
-        None means StandardScaler + RidgeCV over ``RIDGE_ALPHAS``.
+        None means StandardScaler + RidgeLOO (alpha by leave-one-out over ``RIDGE_ALPHAS``).
     class_weight : None, "balanced" or dict, default=None
         "balanced" weights rows by inverse class frequency; a dict maps class to weight.
     """
@@ -194,7 +211,7 @@ class RoundedRegression(ClassifierMixin, BaseEstimator):
             if self.class_weight is not None:
                 sample_weight = sample_weight * compute_sample_weight(self.class_weight, y)
         base = (
-            make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+            make_pipeline(StandardScaler(), RidgeLOO())
             if self.estimator is None
             else self.estimator
         )
