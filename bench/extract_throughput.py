@@ -5,10 +5,13 @@ spreads over all of them; median and min of the repeats are printed with the loa
 
   (1) naive: the seeds' loop, decoding in turn, then Keras `model.predict` per batch of 32
   (2) featx extract, Keras runtime: today's `featx.extract` (decode threads ahead of inference, HDF5 out)
-  (3) LiteRT end to end: the issue-11 prototype pipeline (bench/litert_feeding.py), features written to HDF5
-  (4) LiteRT compute only: the same interpreters on pre-decoded, preprocessed tensors
+  (3) LiteRT end to end: the issue-11 prototype pipeline (bench/litert_feeding.py), features written to HDF5:
+      decode threads ahead (one per core), one interpreter using every core, one image per call (the
+      split that measured fastest; --litert-feeding workers tries one 1-thread interpreter per worker)
+  (4) LiteRT compute only: the same interpreter on pre-decoded, preprocessed tensors
+  (5) featx extract with its default runtime, once featx takes runtime= (issue 11, phase 2)
 
-Goals (issue 11): (3) >= 4x (1) and (3) >= 0.6x (4). Real images: ../shared/data/hymenoptera (skipped
+Goals (issue 11): (3) and (5) >= 4x (1) and >= 0.6x (4). Real images: ../shared/data/hymenoptera (skipped
 with a message if absent).
 
     python bench/extract_throughput.py [DATASET] [--repeats 3] [--in-turn]
@@ -21,7 +24,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,12 +54,19 @@ def naive_loop(backbone, files, batch_size=32) -> int:
     return done
 
 
-def featx_extract(data, out, backbone_name, weights, workers=None) -> int:
+def featx_extract(data, out, backbone_name, weights, workers=None, **runtime) -> int:
     from featx import extract
 
     result = extract(data, out, backbone=backbone_name, weights=weights, workers=workers, overwrite=True,
-                     progress=False, echo=lambda *a: None)
+                     progress=False, log=lambda *a: None, **runtime)
     return result.images_processed
+
+
+def has_runtime_option(function) -> bool:
+    """Whether featx already takes runtime= here (phase 2 of issue 11 wires it in)."""
+    import inspect
+
+    return "runtime" in inspect.signature(function).parameters
 
 
 def litert_extract(runtime, files, out, *, pool, batch, ahead=False) -> int:
@@ -94,7 +103,9 @@ def main(argv=None):
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--weights", default="auto")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--litert-batch", type=int, default=1, help="images per interpreter call in (3)")
+    p.add_argument("--litert-batch", type=int, default=1, help="images per interpreter call in (3) and (4)")
+    p.add_argument("--litert-feeding", choices=("ahead", "workers"), default="ahead",
+                   help="(3): decode ahead + one interpreter on all cores, or each worker decoding + its own")
     p.add_argument("--in-turn", action="store_true", help="also time featx extract with workers=0")
     args = p.parse_args(argv)
     data = Path(args.dataset)
@@ -105,43 +116,58 @@ def main(argv=None):
         print("the LiteRT prototype runs efficientnet_lite0 with its packaged weights only")
         return 2
 
+    from featx import extract
     from featx.backbones import get_backbone
 
+    keras = {"runtime": "keras"} if has_runtime_option(get_backbone) else {}
     cores = os.cpu_count() or 1
     files, _, _ = feeding.list_files(data)
     print(f"{len(files)} images in {data}, {cores} cores, {feeding.load_average()}")
-    backbone = get_backbone(args.backbone, weights=args.weights)  # built once: no option pays start-up
-    one = feeding.litert(1)
-    decoded, _ = feeding.decode_all(files, one.input_size)
-    tensors = one.preprocess(decoded)
-    workers = ThreadPoolExecutor(cores)
-    compute_pool = ThreadPoolExecutor(cores)
+    backbone = get_backbone(args.backbone, weights=args.weights, **keras)  # built once: no option pays start-up
+    ahead = args.litert_feeding == "ahead"
+    runtime = feeding.litert(cores if ahead else 1)
+    decoded, _ = feeding.decode_all(files, runtime.input_size)
+    tensors = runtime.preprocess(decoded)
+    pool = ThreadPoolExecutor(cores)  # decode threads (ahead) or workers, alive across repeats like the runner's
+    inference = ThreadPoolExecutor(1 if ahead else cores)  # where (4)'s interpreters run
+    what = (f"{cores} decode threads ahead + 1 interpreter x {cores} threads" if ahead
+            else f"{cores} workers each decoding + 1-thread interpreter")
     with tempfile.TemporaryDirectory() as tmp:
         options = {
             "(1) naive loop, Keras predict": lambda: naive_loop(backbone, files),
             "(2) featx extract, Keras runtime": lambda: featx_extract(data, Path(tmp) / "keras.h5", args.backbone,
-                                                                      args.weights),
-            f"(3) LiteRT end to end, {cores} workers x 1-thread interpreter": lambda: litert_extract(
-                one, files, Path(tmp) / "litert.h5", pool=workers, batch=args.litert_batch),
-            f"(4) LiteRT compute only, {cores} interpreters x 1 thread": lambda: feeding.compute_only(
-                one, tensors, pool=compute_pool, batch=args.litert_batch),
+                                                                      args.weights, **keras),
+            f"(3) LiteRT end to end, {what}, batch {args.litert_batch}": lambda: litert_extract(
+                runtime, files, Path(tmp) / "litert.h5", pool=pool, batch=args.litert_batch, ahead=ahead),
+            f"(4) LiteRT compute only, {'1 interpreter' if ahead else f'{cores} interpreters'} x "
+            f"{runtime.n_jobs} thread(s), batch {args.litert_batch}": lambda: feeding.compute_only(
+                runtime, tensors, pool=inference, batch=args.litert_batch),
         }
+        if has_runtime_option(extract):
+            options["(5) featx extract, default runtime (auto)"] = lambda: featx_extract(
+                data, Path(tmp) / "auto.h5", args.backbone, args.weights)
         if args.in_turn:
             options["    featx extract, Keras runtime, workers=0"] = lambda: featx_extract(
                 data, Path(tmp) / "turn.h5", args.backbone, args.weights, workers=0)
-        feeding.warm(one, workers, args.litert_batch)
-        feeding.warm(one, compute_pool, args.litert_batch)
+        feeding.warm(runtime, inference, args.litert_batch)
+        if not ahead:
+            feeding.warm(runtime, pool, args.litert_batch)
         results = {label: [] for label in options}
         for repeat in range(args.repeats):
             for label, run in options.items():
-                t0 = time.perf_counter()
-                count = run()
-                results[label].append(count / (time.perf_counter() - t0))
+                results[label].append(feeding.timed(run))
             print(f"repeat {repeat + 1}/{args.repeats} done, {feeding.load_average()}", flush=True)
     feeding.report(results)
-    median = {label[:3]: statistics.median(values) for label, values in results.items()}
-    print(f"(2)/(1) {median['(2)'] / median['(1)']:.2f}x   (3)/(1) {median['(3)'] / median['(1)']:.2f}x (goal >= 4)   "
-          f"(3)/(4) {median['(3)'] / median['(4)']:.2f} (goal >= 0.6)   (3)/(2) {median['(3)'] / median['(2)']:.2f}x")
+    runs = {label[:3]: values for label, values in results.items()}
+
+    def ratio(a, b):  # the median of ratios paired within each repeat
+        return statistics.median(x / y for (x, _), (y, _) in zip(runs[a], runs[b]))
+
+    print(f"paired ratios: (2)/(1) {ratio('(2)', '(1)'):.2f}x   (3)/(1) {ratio('(3)', '(1)'):.2f}x (goal >= 4)   "
+          f"(3)/(4) {ratio('(3)', '(4)'):.2f} (goal >= 0.6)   (3)/(2) {ratio('(3)', '(2)'):.2f}x")
+    if "(5)" in runs:
+        print(f"featx extract default: (5)/(1) {ratio('(5)', '(1)'):.2f}x (goal >= 4)   "
+              f"(5)/(4) {ratio('(5)', '(4)'):.2f} (goal >= 0.6)")
     return 0
 
 

@@ -200,21 +200,34 @@ def warm(runtime, pool, batch):
     list(pool.map(lambda _: (barrier.wait(), runtime(x)), range(pool._max_workers)))
 
 
-def timed(run) -> float:
-    t0 = time.perf_counter()
+def timed(run) -> tuple[float, float]:
+    """(images per wall second, CPU milliseconds per image summed over this process's threads).
+
+    On a shared machine the wall rate moves with other people's load; the CPU cost per image moves
+    much less, and cores / CPU cost is what an idle machine would reach if nothing waited.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
     count = run()
-    return count / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return count / wall, 1e3 * cpu / count
 
 
 def load_average() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def report(results: dict, unit="images/s"):
+def report(results: dict):
+    """One line per option: wall images/s (median, min, max), CPU ms per image (median), and the median
+    of its per-repeat ratio to the first option (pairs taken within one repeat, minutes apart at most,
+    so slow drifts in other people's load cancel)."""
     width = max(len(k) for k in results)
-    for label, values in results.items():
-        print(f"  {label:{width}s}  median {statistics.median(values):6.1f}  min {min(values):6.1f}  "
-              f"max {max(values):6.1f} {unit}  ({len(values)} runs)")
+    first = next(iter(results.values()))
+    for label, runs in results.items():
+        rates, costs = [r for r, _ in runs], [c for _, c in runs]
+        paired = statistics.median(r / f for (r, _), (f, _) in zip(runs, first))
+        print(f"  {label:{width}s}  {statistics.median(rates):6.1f} images/s (min {min(rates):6.1f}, "
+              f"max {max(rates):6.1f}); CPU {statistics.median(costs):5.2f} ms/image; x{paired:.2f} paired  "
+              f"({len(runs)} runs)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -242,8 +255,9 @@ def throughput(args):
             options[f"1 interpreter x {cores} threads + {n} decode threads ahead, batch {batch}"] = \
                 (all_cores, None, batch,
                  lambda b=batch, p=pool: decode_ahead(all_cores, files, pool=p, batch=b, rule=args.rule))
-        options[f"1 interpreter x 1 thread + 1 decode thread ahead, batch {batch}"] = \
-            (one, None, batch, lambda b=batch: decode_ahead(one, files, pool=decoders[1], batch=b, rule=args.rule))
+        if batch == 1:
+            options[f"1 interpreter x 1 thread + 1 decode thread ahead, batch {batch}"] = \
+                (one, None, batch, lambda b=batch: decode_ahead(one, files, pool=decoders[1], batch=b, rule=args.rule))
     results = {label: [] for label in options}
     for repeat in range(args.repeats):
         for label, (runtime, pool, batch, run) in options.items():
