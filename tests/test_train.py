@@ -218,11 +218,11 @@ def test_train_refuses_too_few_images_per_class(tmp_path):
     assert "--folds" not in str(refused.value)  # no --folds was given, so fewer cannot help
 
 
-@pytest.mark.parametrize(("head", "folds", "need"), [("svm", None, 5), ("ordinal", None, 5), ("logreg", 3, 5)])
+@pytest.mark.parametrize(("head", "folds", "need"), [("svm", 3, 5), ("ordinal", 3, 5), ("logreg", 3, 5)])
 def test_a_head_trains_on_its_minimum_images_per_class_and_refuses_one_less(tmp_path, head, folds, need):
-    # Minimums from the nested 3-fold splits: svm's search holds a 3-fold calibration, ordinal's thresholds
-    # a 3-fold search, and --folds 3 puts the ensemble around logreg's search. With one image less, sklearn
-    # used to fail (svm) or score every candidate NaN (ordinal, logreg): both are refused before fitting now.
+    # Minimums from the nested 3-fold splits, asked of the heads: --folds 3 puts a 3-fold ensemble around
+    # each head's own 3-fold search. With one image less, the search's folds could not all hold every
+    # class: refused before any fitting, in one line, while ridge and mlp (no search) still could train.
     names = ["1", "2", "3"]
     test = write_features(tmp_path / "test.h5", *separable(2, 3, dim=8), names)
     enough = write_features(tmp_path / "enough.h5", *separable(need, 3, dim=8), names)
@@ -248,13 +248,16 @@ def test_heads_all_skips_the_heads_a_small_dataset_cannot_train(tmp_path):
     test = write_features(tmp_path / "test.h5", *separable(2, 3, dim=8), names)
     features = write_features(tmp_path / "small.h5", *separable(4, 3, dim=8), names)
     messages = []
-    result = train(features, test=test, heads="all", output=tmp_path / "models", bootstrap=0, log=messages.append)
-    assert [row["head"] for row in result.rows] == ["logreg", "ridge", "mlp"]
-    for skipped in ("svm", "svm-rbf", "ordinal"):
+    result = train(features, test=test, heads="all", folds=3, output=tmp_path / "models", bootstrap=0,
+                   log=messages.append)
+    assert [row["head"] for row in result.rows] == ["ridge", "mlp"]  # no search inside: 3 images per class do
+    for skipped in ("logreg", "svm", "svm-rbf", "ordinal"):
         assert any(message.startswith(f"skipping {skipped}: it needs 5 images per class") and "has 4" in message
                    for message in messages)
     with pytest.raises(FeatxError, match="head 'svm' needs at least 5 .* class '0' has 4"):
-        train(features, test=test, heads="logreg,svm", output=tmp_path / "models", log=lambda message: None)
+        train(features, test=test, heads="ridge,svm", folds=3, output=tmp_path / "models", log=lambda message: None)
+    assert len(train(features, test=test, heads="all", output=tmp_path / "models", bootstrap=0,
+                     log=lambda message: None).rows) == 6  # without --folds every head trains on 4 per class
 
 
 def test_fold_ensembles_search_augmented_copies_grouped(tmp_path):
