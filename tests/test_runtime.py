@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -20,9 +19,8 @@ pytest.importorskip("ai_edge_litert")
 
 # An early feature map of EfficientNet-Lite0 at 64 px: a real featx backbone (padding, depthwise
 # convolutions, batch norm, ReLU6, pooling) that converts in about a second.
-SMALL = {"weights": "none", "image_size": 64, "layer": "block2a_expand_activation"}
-if "runtime" in inspect.signature(get_backbone).parameters:
-    SMALL["runtime"] = "keras"  # the reference these tests compare LiteRT with, whatever "auto" picks
+# runtime="keras": the reference these tests compare LiteRT with, whatever "auto" would pick.
+SMALL = {"weights": "none", "image_size": 64, "layer": "block2a_expand_activation", "runtime": "keras"}
 RANDOM_SHA = ""  # featx's seeded random weights have no file and no sha256
 
 
