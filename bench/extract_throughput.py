@@ -9,7 +9,7 @@ spreads over all of them; median and min of the repeats are printed with the loa
       decode threads ahead (one per core), one interpreter using every core, one image per call (the
       split that measured fastest; --litert-feeding workers tries one 1-thread interpreter per worker)
   (4) LiteRT compute only: the same interpreter on pre-decoded, preprocessed tensors
-  (5) featx extract with its default runtime, once featx takes runtime= (issue 11, phase 2)
+  (5) featx extract with its default runtime (auto: LiteRT on a CPU-only machine)
 
 Goals (issue 11): (3) and (5) >= 4x (1) and >= 0.6x (4). Real images: ../shared/data/hymenoptera (skipped
 with a message if absent).
@@ -62,12 +62,6 @@ def featx_extract(data, out, backbone_name, weights, workers=None, **runtime) ->
     return result.images_processed
 
 
-def has_runtime_option(function) -> bool:
-    """Whether featx already takes runtime= here (phase 2 of issue 11 wires it in)."""
-    import inspect
-
-    return "runtime" in inspect.signature(function).parameters
-
 
 def litert_extract(runtime, files, out, *, pool, batch, ahead=False) -> int:
     """The prototype LiteRT pipeline end to end, its features written to HDF5 like extract's."""
@@ -116,10 +110,9 @@ def main(argv=None):
         print("the LiteRT prototype runs efficientnet_lite0 with its packaged weights only")
         return 2
 
-    from featx import extract
     from featx.backbones import get_backbone
 
-    keras = {"runtime": "keras"} if has_runtime_option(get_backbone) else {}
+    keras = {"runtime": "keras"}
     cores = os.cpu_count() or 1
     files, _, _ = feeding.list_files(data)
     print(f"{len(files)} images in {data}, {cores} cores, {feeding.load_average()}")
@@ -143,9 +136,8 @@ def main(argv=None):
             f"{runtime.n_jobs} thread(s), batch {args.litert_batch}": lambda: feeding.compute_only(
                 runtime, tensors, pool=inference, batch=args.litert_batch),
         }
-        if has_runtime_option(extract):
-            options["(5) featx extract, default runtime (auto)"] = lambda: featx_extract(
-                data, Path(tmp) / "auto.h5", args.backbone, args.weights)
+        options["(5) featx extract, default runtime (auto)"] = lambda: featx_extract(
+            data, Path(tmp) / "auto.h5", args.backbone, args.weights)
         if args.in_turn:
             options["    featx extract, Keras runtime, workers=0"] = lambda: featx_extract(
                 data, Path(tmp) / "turn.h5", args.backbone, args.weights, workers=0)
@@ -165,9 +157,8 @@ def main(argv=None):
 
     print(f"paired ratios: (2)/(1) {ratio('(2)', '(1)'):.2f}x   (3)/(1) {ratio('(3)', '(1)'):.2f}x (goal >= 4)   "
           f"(3)/(4) {ratio('(3)', '(4)'):.2f} (goal >= 0.6)   (3)/(2) {ratio('(3)', '(2)'):.2f}x")
-    if "(5)" in runs:
-        print(f"featx extract default: (5)/(1) {ratio('(5)', '(1)'):.2f}x (goal >= 4)   "
-              f"(5)/(4) {ratio('(5)', '(4)'):.2f} (goal >= 0.6)")
+    print(f"featx extract default: (5)/(1) {ratio('(5)', '(1)'):.2f}x (goal >= 4)   "
+          f"(5)/(4) {ratio('(5)', '(4)'):.2f} (goal >= 0.6)")
     return 0
 
 
