@@ -18,8 +18,9 @@ from featx.heads.linear import LinearSVM, SoftmaxRegression
 from featx.heads.mlp import MLPHead
 from featx.heads.ordinal import OrdinalThresholds, RoundedRegression
 from featx.heads.search import PathSearchCV
+from featx.heads.streaming import SGDHead
 
-HEAD_NAMES = ("logreg", "svm", "svm-rbf", "ridge", "ordinal", "mlp")
+HEAD_NAMES = ("logreg", "svm", "svm-rbf", "ridge", "ordinal", "mlp", "sgd")
 ORDINAL_HEAD_NAMES = ("ridge", "ordinal")
 METRICS = ("accuracy", "f1_macro", "qwk")
 # No head trains on fewer source images per class than this, whatever its splits allow.
@@ -94,6 +95,9 @@ def _head(name, metric, class_weight, search, seed):
                             **search)
     if name == "ridge":
         return RoundedRegression(class_weight=class_weight)
+    if name == "sgd":
+        # The out-of-core head (featx.heads.streaming): its held-out log loss chooses C, whatever the metric.
+        return SGDHead(class_weight=class_weight, n_jobs=search["n_jobs"], seed=seed)
     if name == "ordinal":
         # Expected grades need calibrated probabilities, so C is chosen by log loss here; the
         # thresholds are set on the search's own out-of-fold probabilities at that C.
@@ -159,5 +163,6 @@ TRUSTED_TYPES = (
     "featx.heads.ordinal.RoundedRegression",
     "featx.heads.ridge.RidgeLOO",
     "featx.heads.search.PathSearchCV",
+    "featx.heads.streaming.SGDHead",
     "sklearn.model_selection._split.StratifiedGroupKFold",
 )

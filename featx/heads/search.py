@@ -26,7 +26,8 @@ class PathSearchCV(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
     In each fold the steps before the last of a Pipeline are fitted once; the last step is then
     fitted at each value in turn, starting from the previous value's solution where it can
     (``warm_start``): LogisticRegressionCV's regularisation path, for any head. A fold stops once
-    its score has not improved for `patience` values. The chosen value is refitted on all rows.
+    its score has not improved for `patience` values (judged on raw decision values when
+    calibrating). The chosen value is refitted on all rows.
 
     The out-of-fold class probabilities at the chosen value are kept (``oof_proba_``): the ordinal
     head sets its thresholds on them, and calibration learns from them, without further fits.
@@ -47,8 +48,10 @@ class PathSearchCV(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
     patience : int or None, default=None
         Values without improvement after which a fold stops walking; None walks every value.
     calibration : None or "logistic", default=None
-        "logistic": probabilities from a multinomial logistic regression on the decision values,
-        fitted to the out-of-fold decision values at the chosen value (for heads without them).
+        "logistic": probabilities from a (standardised) multinomial logistic regression on the
+        decision values, for heads without probabilities. Each value is scored on cross-fitted
+        calibrated out-of-fold probabilities; the kept calibrator learns from all out-of-fold
+        decision values at the chosen value. No model is fitted for calibration alone.
     labels : sequence or None, default=None
         Every class in grade order, for "qwk": a class missing from the training rows still counts
         in the grade distances. None: the training rows' classes, sorted.
