@@ -85,12 +85,10 @@ def class_order(label_names: Sequence[str], ordinal: bool | None) -> tuple[list[
     return names, bool(ordinal)
 
 
-def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[str], object]) -> Rows:
-    """A store's labelled rows, in memory, with labels mapped onto `class_names` by name."""
+def mapped_labels(store: FeatureStore, class_names: Sequence[str]) -> np.ndarray:
+    """Every row's class index in `class_names` (matched by name), -1 for unlabelled rows; reads no features."""
     labels = np.asarray(store.labels, dtype=np.int64)
     labelled = labels >= 0
-    if (~labelled).any():
-        log(f"{store.path}: leaving out {int((~labelled).sum())} unlabelled row(s)")
     file_names = [str(name) for name in store.label_names]
     if labelled.any() and not file_names:
         raise FeatxError(f"{store.path} has labels without class names; re-extract it with `featx extract`")
@@ -105,7 +103,16 @@ def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[st
             f"{store.path} has class(es) {', '.join(missing)} that the model does not know "
             f"(known: {', '.join(class_names)}); use feature files with the same class folders"
         )
-    rows = np.flatnonzero(labelled)
+    return mapped
+
+
+def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[str], object]) -> Rows:
+    """A store's labelled rows, in memory, with labels mapped onto `class_names` by name."""
+    mapped = mapped_labels(store, class_names)
+    labels = np.asarray(store.labels, dtype=np.int64)
+    if (labels < 0).any():
+        log(f"{store.path}: leaving out {int((labels < 0).sum())} unlabelled row(s)")
+    rows = np.flatnonzero(labels >= 0)
     # One contiguous read, then select: much faster than h5py's fancy indexing; heads need it all in memory.
     try:
         X = np.asarray(store.features[:], dtype=np.float32)

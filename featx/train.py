@@ -10,6 +10,7 @@ features side by side, every recipe recorded in the bundle.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,7 +36,7 @@ from featx.heads import (
 from featx.recipe import DECODE_KEYS, Recipe, mismatch
 from featx.recipe import summary as recipe_summary
 from featx.report import ReportData, ReportResult, build_report, leaderboard_table, save_confusion_png
-from featx.rows import Rows, class_order, grouped_train_test_split, read_fused, smallest_class
+from featx.rows import Rows, class_order, grouped_train_test_split, mapped_labels, read_fused, smallest_class
 from featx.scoring import METRICS, best_head, details, score_row
 from featx.store import FeatureStore, check_compatible
 
@@ -114,6 +115,8 @@ def train(
     bootstrap: int = 1000,
     progress: bool = True,
     report: bool = True,
+    engine: str = "local",
+    address: str | None = None,
     log: Callable[[str], object] = print,
 ) -> TrainResult:
     """Fit each head on a feature file, score it on held-out rows, save one bundle per head.
@@ -130,6 +133,12 @@ def train(
     """
     files, tests = as_paths(features), None if test is None else as_paths(test)
     check_options(metric=metric, folds=folds, test=tests, test_size=test_size)
+    if _head_list(heads) == [STREAMED_HEAD] and len(files) == 1 and not folds:
+        # Alone on one file, the out-of-core head reads the features a chunk at a time.
+        return train_streamed(files[0], test=None if tests is None else tests[0], test_size=float(test_size),
+                              class_weight=class_weight, metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output,
+                              seed=seed, bootstrap=bootstrap, log=log)
+    _check_memory(files, tests, log)
     split = load_split(files, test=tests, test_size=float(test_size), ordinal=ordinal, folds=folds, seed=seed,
                        log=log)
     head_names = choose_heads(heads, split, folds=folds, log=log)
@@ -151,22 +160,17 @@ def train(
     )
     output = writable_folder(output, "-o")  # before any fit: a long run must not end in a permission error
     rows, texts, models, scored, bundles, pngs = [], {}, {}, {}, {}, {}
-    for head_name in head_names:
-        head, row, y_pred = fit_and_score(head_name, split, options)
-        scored[head_name] = head  # has not seen the test rows: the report's confusion matrix comes from it
-        if everything is not None:
-            head = _fit(head_name, everything, split, options, what="refitting on all rows")
-        rows.append(row)
-        texts[head_name], cm = details(head_name, held_out.y, y_pred, class_names)
-        stem = output / f"{name}-{head_name}"
-        pngs[head_name] = save_confusion_png(cm, class_names, f"{stem}-confusion.png", title=f"{name}: {head_name}")
-        bundles[head_name] = save_bundle(
-            f"{stem}.skops", head, label_names=class_names, recipes=split.recipes, metrics=row, head_name=head_name,
-            graded=split.graded, extra=options.extra,
-        )
-        models[head_name] = head
-        log(f"  {head_name}: {metric} {format_optional(row.get(metric))} in {row['fit_seconds']:.2f} s "
-            f"-> {bundles[head_name]}")
+    with _engine(engine, address, log):
+        for head_name in head_names:
+            head, row, y_pred = fit_and_score(head_name, split, options)
+            scored[head_name] = head  # has not seen the test rows: the report's confusion matrix comes from it
+            if everything is not None:
+                head = _fit(head_name, everything, split, options, what="refitting on all rows")
+            rows.append(row)
+            models[head_name] = head
+            texts[head_name], pngs[head_name], bundles[head_name] = _save_head(
+                output, name, head, row, held_out.y, y_pred, class_names=class_names, recipes=split.recipes,
+                graded=split.graded, extra=options.extra, log=log)
 
     best = best_head(rows, metric)
     refit_rows = None if everything is None else len(everything)
@@ -181,6 +185,132 @@ def train(
     return TrainResult(rows=rows, best=best, models=models, bundles=bundles, confusion_pngs=pngs, report=text,
                        metric=metric, label_names=class_names, graded=split.graded, refit_rows=refit_rows,
                        report_page=page)
+
+
+@contextmanager
+def _engine(engine: str, address: str | None, log):
+    """Where the heads' searches run: here (joblib threads), or as Ray tasks on a cluster."""
+    if engine not in ("local", "ray"):
+        raise FeatxError(f"unknown --engine {engine!r}: use local or ray")
+    if engine == "local":
+        if address:
+            raise FeatxError("--address is an option of --engine ray")
+        yield
+        return
+    from featx.engines.ray import joblib_on_ray  # only here: featx runs without Ray installed
+
+    with joblib_on_ray(address, log=log):
+        yield
+
+
+def _save_head(output: Path, name: str, head, row: dict, y_true, y_pred, *, class_names, recipes, graded,
+               extra: dict, log) -> tuple[str, Path, Path]:
+    """One head's report text, confusion-matrix PNG and bundle (`<output>/<name>-<head>.skops`); logs its line."""
+    head_name, metric = row["head"], extra["metric"]
+    stem = output / f"{name}-{head_name}"
+    text, cm = details(head_name, y_true, y_pred, class_names)
+    png = save_confusion_png(cm, class_names, f"{stem}-confusion.png", title=f"{name}: {head_name}")
+    bundle = save_bundle(f"{stem}.skops", head, label_names=class_names, recipes=recipes, metrics=row,
+                         head_name=head_name, graded=graded, extra=extra)
+    log(f"  {head_name}: {metric} {format_optional(row.get(metric))} in {row['fit_seconds']:.2f} s -> {bundle}")
+    return text, png, bundle
+
+
+# ----------------------------------------------------------------------------------------------
+# features larger than memory: the sgd head streams them
+
+STREAMED_HEAD = "sgd"
+# The in-memory heads hold the float32 matrix, its train/test/refit subsets and their searches' copies:
+# bench/memory_heads.py measured 999 MB peak for a 98 MB matrix (20,000 x 1,280), so 4x is a floor.
+MEMORY_FACTOR = 4
+
+
+def _check_memory(files, tests, log) -> None:
+    """Refuse, before reading, features the in-memory heads could not hold; say to stream them."""
+    need = 0
+    for path in [*files, *(tests or [])]:
+        with FeatureStore(path) as store:
+            need += len(store) * store.dim * 4 * MEMORY_FACTOR
+    free = _available_memory()
+    if need > free:
+        raise FeatxError(f"{files[0]} needs about {need / 2**30:.1f} GiB to train in memory but {free / 2**30:.1f} GiB "
+                         f"is available: train the out-of-core head, which streams the file (--heads {STREAMED_HEAD})")
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def train_streamed(features: Path, *, test: Path | None, test_size: float, class_weight, metric, ordinal, n_jobs,
+                   output, seed, bootstrap, log) -> TrainResult:
+    """`train` with the sgd head alone, reading the features a chunk at a time: files larger than memory.
+
+    The same hold-out (seeded, stratified, whole images), scores, bundle and refit as `train`; no report page,
+    which needs the features in memory.
+    """
+    output = writable_folder(output, "-o")
+    with ExitStack() as stack:
+        store = stack.enter_context(FeatureStore(features))
+        class_names, graded = class_order(store.label_names, ordinal)
+        labels = mapped_labels(store, class_names)
+        groups = np.asarray(store.paths, dtype=object)
+        originals = np.ones(len(store), bool) if store.aug is None else np.asarray(store.aug) == 0
+        rows = np.flatnonzero(labels >= 0)
+        if len(np.unique(labels[rows])) < 2:
+            raise FeatxError(f"{features} has fewer than 2 labelled classes; a classifier needs at least 2")
+        if test is None:
+            fit_at, test_at = grouped_train_test_split(labels[rows], groups[rows], test_size=test_size, seed=seed)
+            train_rows, test_store, test_rows = rows[fit_at], store, rows[test_at]
+            test_labels = labels
+            test_label = f"{len(np.unique(groups[test_rows]))} held-out images ({test_size:.0%}, seed {seed})"
+        else:
+            train_rows, test_store = rows, stack.enter_context(FeatureStore(test))
+            check_compatible([store, test_store])
+            test_labels = mapped_labels(test_store, class_names)
+            test_rows, test_label = np.flatnonzero(test_labels >= 0), str(test)
+            originals = np.ones(len(test_store), bool) if test_store.aug is None else np.asarray(test_store.aug) == 0
+        test_rows = test_rows[originals[test_rows]]  # scored on original images only
+        log(f"streaming the {STREAMED_HEAD} head over {len(train_rows):,} rows x {store.dim:,} dims of {features} "
+            f"({len(class_names)} classes: {', '.join(class_names)}); "
+            f"testing on {len(test_rows):,} rows of {test_label}")
+
+        def fitted(at):
+            head = make_head(STREAMED_HEAD, n_classes=len(class_names), metric=metric, class_weight=class_weight,
+                             n_jobs=n_jobs, seed=seed)
+            return head.fit_store(store, at, y=labels[at], groups=groups[at])
+
+        started = time.perf_counter()
+        head = fitted(train_rows)
+        fit_seconds = time.perf_counter() - started
+        y_true = test_labels[test_rows]
+        y_pred = head.classes_[head.predict_proba_store(test_store, test_rows).argmax(1)]
+        recipes = [recipe for recipe in (store.recipe,) if recipe is not None]
+        row = {"head": STREAMED_HEAD, "params": fitted_params(head), "cv_score": None}
+        refit_rows = None
+        if test is None:
+            head = fitted(rows)  # the bundle gets every labelled row, as train's refit does
+            refit_rows = len(rows)
+    row.update(score_row(y_true, y_pred, n_classes=len(class_names), with_qwk=graded or metric == "qwk",
+                         bootstrap=bootstrap, seed=seed))
+    row["fit_seconds"] = round(fit_seconds, 3)
+    extra = {"features": [str(features)], "test": None if test is None else [str(test)],
+             "test_size": None if test is not None else test_size, "seed": seed, "class_weight": class_weight,
+             "metric": metric, "train_rows": len(train_rows), "test_rows": len(test_rows), "refit_rows": refit_rows}
+    text, png, bundle = _save_head(output, features.stem, head, row, y_true, y_pred, class_names=class_names,
+                                   recipes=recipes, graded=graded, extra=extra, log=log)
+    log("  (no report page: it needs the features in memory)")
+    report = _train_report([row], STREAMED_HEAD, metric, text, {STREAMED_HEAD: bundle}, {STREAMED_HEAD: png},
+                           refit_rows, None)
+    return TrainResult(rows=[row], best=STREAMED_HEAD, models={STREAMED_HEAD: head}, bundles={STREAMED_HEAD: bundle},
+                       confusion_pngs={STREAMED_HEAD: png}, report=report, metric=metric, label_names=class_names,
+                       graded=graded, refit_rows=refit_rows)
 
 
 # ----------------------------------------------------------------------------------------------

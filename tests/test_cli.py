@@ -111,7 +111,7 @@ def test_train_and_evaluate_through_the_cli(tmp_path, capsys):
     assert evaluation[0] == f"{bundle} on {features} (40 images)" and "accuracy" in evaluation[1]
     assert main(["train", str(features), "--heads", "no-such-head", "-o", str(models)]) == 1
     assert capsys.readouterr().err.strip() == ("featx: error: unknown head 'no-such-head'; choose from "
-                                               "logreg, svm, svm-rbf, ridge, ordinal, mlp or all")
+                                               "logreg, svm, svm-rbf, ridge, ordinal, mlp, sgd or all")
 
 
 def test_backbones_check_through_the_cli(tmp_path, capsys, monkeypatch):

@@ -250,14 +250,14 @@ def test_heads_all_skips_the_heads_a_small_dataset_cannot_train(tmp_path):
     messages = []
     result = train(features, test=test, heads="all", folds=3, output=tmp_path / "models", bootstrap=0,
                    log=messages.append)
-    assert [row["head"] for row in result.rows] == ["ridge", "mlp"]  # no search inside: 3 images per class do
+    assert [row["head"] for row in result.rows] == ["ridge", "mlp", "sgd"]  # no search inside: 3 images per class do
     for skipped in ("logreg", "svm", "svm-rbf", "ordinal"):
         assert any(message.startswith(f"skipping {skipped}: it needs 5 images per class") and "has 4" in message
                    for message in messages)
     with pytest.raises(FeatxError, match="head 'svm' needs at least 5 .* class '0' has 4"):
         train(features, test=test, heads="ridge,svm", folds=3, output=tmp_path / "models", log=lambda message: None)
     assert len(train(features, test=test, heads="all", output=tmp_path / "models", bootstrap=0,
-                     log=lambda message: None).rows) == 6  # without --folds every head trains on 4 per class
+                     log=lambda message: None).rows) == 7  # without --folds every head trains on 4 per class
 
 
 def test_fold_ensembles_search_augmented_copies_grouped(tmp_path):
