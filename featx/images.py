@@ -189,8 +189,12 @@ def find_splits(root) -> dict[str, Path]:
 # --------------------------------------------------------------------------- decoding
 
 
-def load_image(path) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3), upright per its EXIF orientation."""
+def load_image(path, *, reduce_to: int | None = None) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3), upright per its EXIF orientation.
+
+    reduce_to: let a JPEG at least 2x this size on both sides decode at 1/2, 1/4 or 1/8 scale (libjpeg
+    scales in the DCT domain, several times cheaper), never below `reduce_to` on either side.
+    """
     try:
         data = Path(path).read_bytes()  # not cv2.imread: it fails on non-ASCII paths on Windows
     except FileNotFoundError:
@@ -201,18 +205,21 @@ def load_image(path) -> np.ndarray:
         raise UnreadableImage(path, "permission denied") from None
     except OSError as error:
         raise UnreadableImage(path, f"cannot read file ({error.strerror or error})") from None
-    return decode_image(data, path)
+    return decode_image(data, path, reduce_to=reduce_to)
 
 
-def decode_image(data: bytes, path="<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to RGB uint8 (H, W, 3); `path` only names the image in errors."""
+def decode_image(data: bytes, path="<bytes>", *, reduce_to: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 (H, W, 3); `path` only names the image in errors.
+
+    reduce_to: as in `load_image`.
+    """
     if len(data) == 0:
         raise UnreadableImage(path, "empty file")
     if _is_truncated_jpeg(data):
         # Some libjpeg builds decode a cut-off file silently, padding it with gray.
         raise UnreadableImage(path, "truncated JPEG (file ends before the image data does)")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), _decoding_flags(data, path))
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), _decoding_flags(data, path, reduce_to))
     except cv2.error:
         image = None
     if image is None:
@@ -223,22 +230,30 @@ def decode_image(data: bytes, path="<bytes>") -> np.ndarray:
     return np.ascontiguousarray(_apply_orientation(rgb, _exif_orientation(data)))
 
 
-_REDUCED_JPEG = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))
+# libjpeg's scales while decoding, smallest reduction first.
+_REDUCED_JPEG = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def _decoding_flags(data: bytes, path) -> int:
-    """How to decode: as stored, or (a JPEG over MAX_IMAGE_PIXELS) at a reduced scale; refuse larger images."""
+def _decoding_flags(data: bytes, path, reduce_to: int | None = None) -> int:
+    """How to decode: as stored, or a JPEG at a reduced scale (asked for, or over MAX_IMAGE_PIXELS)."""
     # UNCHANGED keeps alpha and 16-bit depth (and never applies EXIF orientation: we do that).
     size = image_header_size(data)
-    if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
+    if size is None:
         return cv2.IMREAD_UNCHANGED
     width, height = size
-    if _is_jpeg(data):
-        for scale, flag in _REDUCED_JPEG:
-            if -(-width // scale) * -(-height // scale) <= MAX_IMAGE_PIXELS:
-                return flag | cv2.IMREAD_IGNORE_ORIENTATION
-    raise UnreadableImage(path, f"image is {width} x {height} pixels, more than featx decodes "
-                                f"({MAX_IMAGE_PIXELS // 1_000_000} million); downscale it")
+    jpeg = _is_jpeg(data)
+    scale = 1
+    if jpeg and reduce_to:
+        # Both sides keep at least reduce_to pixels: the image is never enlarged afterwards, so a crop or a
+        # stretch to the input size sees the same content.
+        scale = max((s for s in _REDUCED_JPEG if min(width, height) >= s * reduce_to), default=1)
+    if width * height > MAX_IMAGE_PIXELS:
+        fitting = [s for s in _REDUCED_JPEG if -(-width // s) * -(-height // s) <= MAX_IMAGE_PIXELS] if jpeg else []
+        if not fitting:
+            raise UnreadableImage(path, f"image is {width} x {height} pixels, more than featx decodes "
+                                        f"({MAX_IMAGE_PIXELS // 1_000_000} million); downscale it")
+        scale = max(scale, fitting[0])
+    return cv2.IMREAD_UNCHANGED if scale == 1 else _REDUCED_JPEG[scale] | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def image_header_size(data: bytes) -> tuple[int, int] | None:
@@ -283,10 +298,10 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def try_load_image(path) -> tuple[np.ndarray | None, str | None]:
+def try_load_image(path, *, reduce_to: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """(image, None), or (None, reason) when the file cannot be used; never raises."""
     try:
-        return load_image(path), None
+        return load_image(path, reduce_to=reduce_to), None
     except UnreadableImage as error:
         return None, error.reason
     except Exception as error:  # noqa: BLE001 - a decoder bug must quarantine one file, not stop a run
