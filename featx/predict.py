@@ -57,7 +57,8 @@ def predict(bundle, images, *, output=None, batch_size: int = 32, runtime: str =
     backbones = [from_recipe(recipe, runtime=runtime) for recipe in recipes]
     log(f"extracting {len(files)} image(s) with {' + '.join(r.backbone for r in recipes)} for {model.head_name}")
     X, kept, skipped = features_for_files(files, backbones, tta=recipes[0].tta or None,
-                                          crop=recipes[0].resize == "crop", batch_size=batch_size)
+                                          crop=recipes[0].resize == "crop", decode=recipes[0].decode,
+                                          batch_size=batch_size)
     for path, reason in skipped:
         log(f"skipped {path}: {reason}")
     if not kept:

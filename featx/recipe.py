@@ -14,18 +14,19 @@ from dataclasses import dataclass
 
 from featx.errors import FeatxError
 
-__all__ = ["DECODE_KEYS", "FEATURE_KEYS", "RECIPE_KEYS", "Recipe", "mismatch", "summary"]
+__all__ = ["DECODE_CHOICES", "DECODE_KEYS", "FEATURE_KEYS", "RECIPE_KEYS", "Recipe", "mismatch", "summary"]
 
 # What decides the feature space: two files agreeing on these hold comparable rows (a model trained on
 # one can score the other). float32 LiteRT and Keras give the same features, so the runtime is not here;
 # a reduced precision changes them, so it is.
 FEATURE_KEYS = ("backbone", "weights_sha256", "pooling", "layer", "image_size", "preprocessing", "resize", "tta",
-                "precision")
+                "decode", "precision")
 # What must match to append to an existing extraction: the feature space plus how rows were generated.
 # weights_source is provenance only: the same weights found at another path make the same features.
 RECIPE_KEYS = FEATURE_KEYS + ("augment", "seed")
 # How an image is fed to a backbone: recipes agreeing on these can share one decoding of each image.
-DECODE_KEYS = ("resize", "tta")
+DECODE_KEYS = ("resize", "tta", "decode")
+DECODE_CHOICES = ("reduced", "full")
 
 _INT_FIELDS = ("image_size", "augment", "seed")
 
@@ -44,6 +45,9 @@ class Recipe:
     layer: str = ""  # "" = the backbone's last feature map
     resize: str = "stretch"  # or "crop" (keep aspect ratio, center crop)
     tta: str = ""  # "" or "flip" (mean of the image's and its mirror's features)
+    # "reduced": a JPEG at least 2x the input size on both sides is decoded at 1/2, 1/4 or 1/8 scale (never
+    # below the input size); "full" decodes every pixel. Files from before this key decoded in full.
+    decode: str = "full"
     augment: int = 0  # augmented copies written per image
     seed: int = 0  # seeds shuffling and augmentation
     precision: str = "float32"

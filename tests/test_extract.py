@@ -87,6 +87,26 @@ def test_features_equal_backbone_applied_directly(tmp_path, backbone):
         np.testing.assert_allclose(a.features[:], b.features[:], atol=1e-5)
 
 
+def test_large_jpegs_decode_reduced_by_default_and_in_full_when_asked(tmp_path, backbone):
+    rng = np.random.default_rng(3)
+    for name in ("ants", "bees"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(2):
+            photo = cv2.GaussianBlur(rng.integers(0, 256, (400, 480, 3), dtype=np.uint8), (31, 31), 0)
+            assert cv2.imwrite(str(tmp_path / "photos" / name / f"{i}.jpg"), photo)
+    reduced, full = run(tmp_path / "photos", tmp_path / "reduced.h5"), run(tmp_path / "photos", tmp_path / "full.h5",
+                                                                            decode="full")
+    for result, decode in ((reduced, "reduced"), (full, "full")):
+        with FeatureStore(result.files[0].output) as fs:
+            assert fs.recipe.decode == decode
+            files = [tmp_path / "photos" / p for p in fs.paths]
+            # 400 pixels >= 8 x 48: libjpeg decodes 60 x 50 pixels, then the same resize to 48 x 48.
+            pixels = [load_image(f, reduce_to=SIZE if decode == "reduced" else None) for f in files]
+            assert {p.shape for p in pixels} == {(50, 60, 3)} if decode == "reduced" else {(400, 480, 3)}
+            expected = backbone(backbone.preprocess(np.stack([resize(p, SIZE) for p in pixels])))
+            np.testing.assert_allclose(fs.features[:], np.asarray(expected), atol=1e-5, rtol=1e-5)
+
+
 def test_features_for_files_skips_bad_files(tmp_path, backbone):
     data = make_dataset(tmp_path / "d", classes=("x",), n=3)
     bad = data / "x" / "broken.jpg"
@@ -217,7 +237,7 @@ def test_augment_and_tta_rows(tmp_path, backbone):
 
 def test_two_backbones_one_run(tmp_path):
     data = make_dataset(tmp_path / "two", n=3)
-    result = run(data, tmp_path / "two.h5", backbone="efficientnet_lite0,mobilenet_v2")
+    result = run(data, tmp_path / "two.h5", backbone="efficientnet_lite0,mobilenet_v2", runtime="keras")
     by_backbone = {f.backbone: f.output for f in result.files}
     assert set(by_backbone) == {"efficientnet_lite0", "mobilenet_v2"}
     with FeatureStore(by_backbone["efficientnet_lite0"]) as a, FeatureStore(by_backbone["mobilenet_v2"]) as b:
@@ -233,16 +253,17 @@ def test_rerun_different_backbone_refused(tmp_path):
     out = tmp_path / "r.h5"
     run(data, out)
     with pytest.raises(FeatxError, match="overwrite"):
-        run(data, out, pooling="max")
+        run(data, out, pooling="max", runtime="keras")  # Keras and LiteRT make the same recipe; no conversion
     with FeatureStore(out) as fs:
         assert len(fs) == 4 and fs.attrs["pooling"] == "avg"  # the existing file is untouched
-    run(data, out, pooling="max", overwrite=True)
+    run(data, out, pooling="max", overwrite=True, runtime="keras")
     with FeatureStore(out) as fs:
         assert fs.attrs["pooling"] == "max"
 
 
 @pytest.mark.parametrize("change", [dict(crop=True), dict(augment=1), dict(seed=1), dict(tta="flip"),
-                                    dict(image_size=64), dict(pooling="max"), dict(layer="block6a_expand_activation")])
+                                    dict(image_size=64), dict(pooling="max"), dict(layer="block6a_expand_activation"),
+                                    dict(decode="full")])
 def test_rerun_or_resume_with_another_recipe_is_refused(tmp_path, change):
     """Every recipe key: a complete file and an interrupted run both refuse, naming key and values."""
     data = make_dataset(tmp_path / "r", n=3)
@@ -256,7 +277,7 @@ def test_rerun_or_resume_with_another_recipe_is_refused(tmp_path, change):
     for out in (complete, interrupted):
         before = sorted(p.name for p in tmp_path.iterdir())
         with pytest.raises(FeatxError, match=rf"another recipe.*{key}: .* vs .*--overwrite") as err:
-            run(data, out, **change)
+            run(data, out, runtime="keras", **change)  # the same recipe as LiteRT's, without converting
         assert "\n" not in str(err.value)
         assert sorted(p.name for p in tmp_path.iterdir()) == before
     with FeatureStore(complete) as fs:
@@ -265,10 +286,11 @@ def test_rerun_or_resume_with_another_recipe_is_refused(tmp_path, change):
 
 def test_two_backbones_with_different_input_sizes_in_one_run(tmp_path):
     data = make_dataset(tmp_path / "sizes", n=2)
-    result = run(data, tmp_path / "s.h5", backbone="efficientnet_lite0,efficientnet_lite1", image_size=None)
+    result = run(data, tmp_path / "s.h5", backbone="efficientnet_lite0,efficientnet_lite1", image_size=None,
+                 runtime="keras")
     assert result.images_processed == 4  # each image decoded once, resized once per input size
     for summary in result.files:
-        backbone = get_backbone(summary.backbone, weights="none")
+        backbone = get_backbone(summary.backbone, weights="none", runtime="keras")
         with FeatureStore(summary.output) as fs:
             assert fs.recipe.image_size == backbone.input_size
             np.testing.assert_allclose(fs.features[:], direct_features(backbone, [data / p for p in fs.paths]),

@@ -160,6 +160,30 @@ def test_exif_orientation_6_rotates_clockwise(tmp_path):
     assert loaded[2, -3, 0] > 200 and loaded[2, 2, 0] < 50  # top-left went to top-right
 
 
+@pytest.mark.parametrize("reduce_to, shape", [(None, (1000, 1200, 3)), (100, (125, 150, 3)), (224, (250, 300, 3)),
+                                              (300, (500, 600, 3)), (600, (1000, 1200, 3))])
+def test_a_jpeg_decodes_reduced_never_below_the_size_asked(tmp_path, reduce_to, shape):
+    image = np.zeros((1000, 1200, 3), np.uint8)
+    image[:, :600] = RED
+    assert cv2.imwrite(str(tmp_path / "photo.jpg"), image[:, :, ::-1])
+    assert cv2.imwrite(str(tmp_path / "photo.png"), image[:, :, ::-1])
+    loaded = load_image(tmp_path / "photo.jpg", reduce_to=reduce_to)
+    assert loaded.shape == shape  # the largest of 1/2, 1/4, 1/8 keeping both sides >= reduce_to
+    assert loaded[shape[0] // 2, 2, 0] > 240 and loaded[shape[0] // 2, -3].max() < 15  # scaled, not cropped
+    assert load_image(tmp_path / "photo.png", reduce_to=reduce_to).shape == (1000, 1200, 3)  # PNGs: always in full
+
+
+def test_reduced_decoding_keeps_exif_orientation(tmp_path):
+    image = np.zeros((400, 800, 3), np.uint8)  # wide
+    image[:100, :100] = RED  # top-left corner
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(with_exif_orientation(jpeg.tobytes(), 6))
+    loaded = load_image(path, reduce_to=100)
+    assert loaded.shape == (200, 100, 3)  # a quarter, then turned tall
+    assert loaded[5, -5, 0] > 200 and loaded[5, 5, 0] < 50  # top-left went to top-right
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_matches_opencv_auto_orientation(orientation):
     from featx.images import decode_image

@@ -264,7 +264,8 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "a
 
 def _threads(n_jobs) -> int:
     if n_jobs is None:
-        return max(1, os.cpu_count() or 1)
+        # The cores this process may run on (a container or taskset limits them), not the machine's.
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
         raise FeatxError(f"n_jobs must be an integer of at least 1 (inference threads), got {n_jobs!r}")
     return int(n_jobs)

@@ -137,7 +137,7 @@ def actors_for(ray, workers, gpus_per_worker) -> int:
 # the two Ray steps: decode tasks, backbone actors
 
 
-def decode_batch(batch: dict, *, sizes, augment, tta, crop, seed) -> dict:
+def decode_batch(batch: dict, *, sizes, augment, tta, crop, seed, reduce=False) -> dict:
     """Ray task: read and decode a batch of listed files with the runner's `decode`.
 
     Pixels go out as (n, copies, size, size, 3) uint8 per input size; a skipped file keeps zeros and its reason.
@@ -149,7 +149,8 @@ def decode_batch(batch: dict, *, sizes, augment, tta, crop, seed) -> dict:
     seconds = np.zeros(n)
     for i in range(n):
         item = Item(path=str(batch["path"][i]), file=Path(str(batch["file"][i])), label=int(batch["label"][i]))
-        arrays, reason, seconds[i] = decode(item, sizes, augment=augment, tta=tta, crop=crop, seed=seed)
+        arrays, reason, seconds[i] = decode(item, sizes, augment=augment, tta=tta, crop=crop, seed=seed,
+                                             reduce=reduce)
         if arrays is None:
             reasons[i] = reason
         else:
@@ -219,7 +220,7 @@ class RayExtraction(Extraction):
             _listing(ray, items, needs, rows_per_block=max(feeding.batch_size, math.ceil(len(items) / _MAX_BLOCKS)))
             .map_batches(decode_batch, batch_size=feeding.batch_size, batch_format="numpy",
                          fn_kwargs=dict(sizes=sizes, augment=feeding.augment, tta=feeding.tta, crop=feeding.crop,
-                                        seed=feeding.seed))
+                                        seed=feeding.seed, reduce=feeding.decode == "reduced"))
             .map_batches(BackboneActor, batch_size=feeding.batch_size, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(size=self.actors),
                          # With the decode tasks' resources (CPU only), Ray fuses decoding into the actor:

@@ -88,7 +88,7 @@ def _attr_lines(attrs: dict) -> list[str]:
     if recipe is not None:
         shown = recipe.to_attrs()
         shown["weights"] = recipe.weights
-        for key in ("backbone", "weights", "image_size", "preprocessing", "pooling", "layer", "resize", "tta",
+        for key in ("backbone", "weights", "image_size", "preprocessing", "pooling", "layer", "resize", "tta", "decode",
                     "augment", "seed", "precision"):
             value = shown[key]
             # An empty layer / tta means "none": say so instead of printing a blank value.
