@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 
@@ -231,6 +232,28 @@ def test_joblib_work_runs_as_ray_tasks(ray_address):
         on_ray = search.fit(X, y).best_params_
     assert os.getpid() not in pids  # Ray worker processes did the work
     assert on_ray == here
+
+
+def test_train_on_ray_runs_the_path_searches_there_and_scores_as_locally(tmp_path, ray_address):
+    from featx.engines.ray import joblib_on_ray
+    from featx.heads._parallel import parallel_map
+    from featx.train import train
+
+    with joblib_on_ray(log=lambda *a: None):
+        pids = parallel_map(lambda _: os.getpid(), range(4), n_jobs=2)  # the searches' folds go through this
+    assert os.getpid() not in pids
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 16))
+    labels = np.repeat(np.arange(3), 20)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["features"] = (centres[labels] + rng.normal(size=(60, 16))).astype(np.float32)
+        f["labels"] = labels
+        f["label_names"] = ["a", "b", "c"]
+    options = dict(heads="logreg,ordinal", bootstrap=0, report=False, progress=False, log=lambda *a: None)
+    local = train(tmp_path / "f.h5", output=tmp_path / "local", **options)
+    on_ray = train(tmp_path / "f.h5", output=tmp_path / "ray", engine="ray", **options)
+    assert [(r["head"], r["params"], r["accuracy"]) for r in on_ray.rows] == \
+        [(r["head"], r["params"], r["accuracy"]) for r in local.rows]
 
 
 def test_cli_refuses_an_address_nobody_answers_on_in_one_line(tmp_path):

@@ -8,8 +8,6 @@ machine: a logistic regression that took 10 s alone took 150 s beside another bu
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import joblib
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -48,5 +46,5 @@ def parallel_map(function, items, n_jobs=None) -> list:
         return [function(item) for item in items]
     # One process-wide BLAS limit serves every thread: budget // workers each.
     with threadpool_limits(limits=max(1, budget // workers), user_api="blas"):
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(function, items))
+        # Threads unless a joblib backend is configured around the call (featx.engines.ray.joblib_on_ray).
+        return joblib.Parallel(n_jobs=workers, prefer="threads")(joblib.delayed(function)(item) for item in items)
