@@ -174,7 +174,7 @@ def test_lite0_knows_a_cat_and_an_espresso(lite0):
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_lite1_and_lite2_knows_a_cat_and_an_espresso(name):
     pytest.importorskip(efficientnet_lite.VARIANTS[name].package)
-    backbone = get_backbone(name)
+    backbone = get_backbone(name, runtime="keras")  # classify runs the Keras classifier either way
     # classify resizes to the model's own input size.
     cat, coffee = backbone.classify(np.stack([square(skimage_data.chelsea(), 256), square(skimage_data.coffee(), 256)]))
     assert cat[0][0] in CATS and coffee[0][0] == "espresso"
@@ -225,7 +225,7 @@ def test_corrupt_converted_weights_cache_is_rebuilt():
 
 @pytest.mark.parametrize("pooling, expected_dim", [("avg", 1280), ("max", 1280), ("flatten", 3 * 3 * 1280)])
 def test_keras_feature_dims_per_pooling(pooling, expected_dim):
-    backbone = get_backbone("mobilenet_v2", weights="none", image_size=96, pooling=pooling)
+    backbone = get_backbone("mobilenet_v2", weights="none", image_size=96, pooling=pooling, runtime="keras")
     features = backbone(backbone.preprocess(np.full((2, 96, 96, 3), 128, np.uint8)))
     assert backbone.feature_dim == expected_dim
     assert features.shape == (2, expected_dim) and features.dtype == np.float32
@@ -233,14 +233,15 @@ def test_keras_feature_dims_per_pooling(pooling, expected_dim):
 
 
 def test_keras_intermediate_layer():
-    backbone = get_backbone("mobilenet_v2", weights="none", image_size=96, layer="block_13_expand_relu")
+    backbone = get_backbone("mobilenet_v2", weights="none", image_size=96, layer="block_13_expand_relu",
+                            runtime="keras")
     assert backbone.feature_dim == 576 and backbone.recipe().layer == "block_13_expand_relu"
     with pytest.raises(FeatxError, match="no layer"):
         get_backbone("mobilenet_v2", weights="none", image_size=96, layer="nope")
 
 
 def test_vgg16_flatten_is_25088_at_224_and_info_matches():
-    backbone = get_backbone("vgg16", weights="none", pooling="flatten")
+    backbone = get_backbone("vgg16", weights="none", pooling="flatten", runtime="keras")
     assert backbone.feature_dim == 7 * 7 * 512 == 25088
     assert backbone_info("vgg16")["feature_dim"] == 512 and backbone.input_size == 224
     assert backbone.preprocessing == "keras vgg16 caffe"
@@ -248,14 +249,14 @@ def test_vgg16_flatten_is_25088_at_224_and_info_matches():
 
 @pytest.mark.parametrize("name, image_size", [("mobilenet_v3_small", 64), ("densenet121", 64)])
 def test_backbone_info_matches_built_models(name, image_size):
-    backbone = get_backbone(name, weights="none", image_size=image_size)
+    backbone = get_backbone(name, weights="none", image_size=image_size, runtime="keras")
     assert backbone.feature_dim == backbone_info(name)["feature_dim"]
 
 
 def test_random_weights_are_deterministic_and_recipe_round_trips():
     images = np.random.default_rng(1).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
-    first = get_backbone("mobilenet_v2", weights="none", image_size=96)
-    rebuilt = from_recipe(first.recipe())
+    first = get_backbone("mobilenet_v2", weights="none", image_size=96, runtime="keras")
+    rebuilt = from_recipe(first.recipe(), runtime="keras")
     assert rebuilt.weights_source == first.weights_source == "none (random init, seed 0)"
     assert rebuilt.weights_sha256 == first.weights_sha256 == ""
     np.testing.assert_array_equal(first(first.preprocess(images)), rebuilt(rebuilt.preprocess(images)))
@@ -272,7 +273,7 @@ def test_weights_from_a_file(tmp_path):
     model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
     path = tmp_path / "mobilenet_v2.weights.h5"
     model.save_weights(path)
-    backbone = get_backbone("mobilenet_v2", weights=str(path), image_size=96)
+    backbone = get_backbone("mobilenet_v2", weights=str(path), image_size=96, runtime="keras")
     assert backbone.weights_source == f"file:{path}" and len(backbone.weights_sha256) == 64
 
     images = np.random.default_rng(2).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
@@ -310,7 +311,7 @@ def test_keras_weights_found_in_the_keras_cache(tmp_path, monkeypatch):
     with h5py.File(cached, "w") as file:
         legacy_h5_format.save_weights_to_hdf5_group(file, model)
 
-    backbone = get_backbone("mobilenet_v2", image_size=96)
+    backbone = get_backbone("mobilenet_v2", image_size=96, runtime="keras")
 
     assert backbone.weights_source == f"keras-cache:{cached}" and len(backbone.weights_sha256) == 64
     inputs = backbone.preprocess(np.random.default_rng(3).integers(0, 256, (1, 96, 96, 3), dtype=np.uint8))

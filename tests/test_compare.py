@@ -35,7 +35,7 @@ def two_backbones(tmp_path_factory):
         for k, (name, brightness) in enumerate((("dark", 40), ("grey", 128), ("light", 215))):
             _write_images(root / "data" / split / name, brightness, count, seed=10 * k + len(split))
     result = extract(root / "data", root / "f.h5", backbone=",".join(BACKBONES), weights="none", image_size=64,
-                     log=lambda message: None, progress=False)
+                     runtime="keras", log=lambda message: None, progress=False)  # no LiteRT conversions: plumbing
     files = {(f.split, f.backbone): f.output for f in result.files}
     return root, files
 
@@ -64,7 +64,8 @@ def test_predict_with_a_fused_bundle_runs_every_backbone_on_one_decoding(two_bac
     trains = [files[("train", b)] for b in BACKBONES]
     result = train(trains, heads="logreg", output=tmp_path / "models", bootstrap=0, report=False, **QUIET)
     bundle = load_bundle(result.bundles["logreg"])
-    out = predict(bundle, [root / "data" / "val"], output=tmp_path / "p.csv", log=lambda message: None).output
+    out = predict(bundle, [root / "data" / "val"], output=tmp_path / "p.csv", runtime="keras",
+                  log=lambda message: None).output
     with open(out, newline="") as handle:
         table = list(csv.DictReader(handle))
     vals = [files[("val", b)] for b in BACKBONES]
