@@ -1,6 +1,7 @@
 """Stage 2 speed: each head's fit time (its search included) and test scores, beside today's heads.
 
-    python bench/heads_speed.py [--quick] [--repeat 3] [--heads all] [--no-today] [--today-limit 900]
+    python bench/heads_speed.py [--quick] [--repeat 3] [--heads all] [--data synthetic,knee] [--no-today]
+                                [--today-limit 900]
 
 Datasets: (1) synthetic 10,000 x 1,280 float32 features of 5 graded classes, hard on purpose
 (class means on a low-rank subspace, two clusters per class, correlated noise with a CNN-like
@@ -245,12 +246,15 @@ def main(argv=None):
     parser.add_argument("--no-today", dest="today", action="store_false", help="skip the heads as they were")
     parser.add_argument("--today-limit", type=float, default=900, help="seconds before a head as it was is stopped")
     parser.add_argument("--jobs", type=int, default=None, help="cores for featx's heads (default: all)")
+    parser.add_argument("--data", default="synthetic,knee", help="which datasets: synthetic, knee or both")
     args = parser.parse_args(argv)
     heads = list(HEAD_NAMES) if args.heads == "all" else [h.strip() for h in args.heads.split(",") if h.strip()]
     print(f"{os.cpu_count()} cores; python {sys.version.split()[0]}")
     n_train = 2_000 if args.quick else 10_000
-    run("synthetic", synthetic(n_train=n_train, n_test=n_train // 4), heads, args)
-    if args.quick:
+    datasets = {d.strip() for d in args.data.split(",")}
+    if "synthetic" in datasets:
+        run("synthetic", synthetic(n_train=n_train, n_test=n_train // 4), heads, args)
+    if args.quick or "knee" not in datasets:
         return 0
     data = knee()
     if data is None:
