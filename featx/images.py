@@ -82,6 +82,12 @@ def _relative_image_paths(root: Path) -> list[Path]:
     return sorted(_visible_images(root), key=lambda p: p.as_posix())
 
 
+def image_files(root) -> list[Path]:
+    """Every image file featx reads under `root` (its extensions, hidden files and folders left out), sorted."""
+    root = Path(root)
+    return [root / relative for relative in _relative_image_paths(root)]
+
+
 def sort_class_names(names: Iterable[str]) -> list[str]:
     """Sorted names; numerically when every name is an integer, so grade "10" follows "9"."""
     names = set(names)

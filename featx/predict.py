@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from imutils.paths import list_images
 
 from featx.atomic import atomic_output, writable_folder
 from featx.backbones import from_recipe
 from featx.bundle import Bundle, as_bundle
 from featx.errors import FeatxError
 from featx.heads import is_ordinal_head
+from featx.images import image_files
 from featx.rows import integer_names
 from featx.runner import features_for_files
 
@@ -98,14 +98,14 @@ def _recipes(model: Bundle):
 
 
 def _expand_images(images) -> list[str]:
-    """Files as given, folders expanded recursively to their image files (sorted)."""
+    """Files as given, folders expanded recursively to the image files extract would read (sorted)."""
     if isinstance(images, (str, Path)):
         images = [images]
     files = []
     for item in images:
         item = Path(item)
         if item.is_dir():
-            found = sorted(list_images(str(item)))
+            found = [str(path) for path in image_files(item)]
             if not found:
                 raise FeatxError(f"folder {item} has no image files; pass a folder of images or image files")
             files += found

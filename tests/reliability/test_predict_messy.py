@@ -18,6 +18,9 @@ def test_every_file_of_a_messy_folder_is_in_the_csv(base, tmp_path):
     for i, source in enumerate(sorted((base["data"] / "dark").iterdir())[:3]):
         shutil.copy(source, messy / ("nested" if i == 2 else ".") / f"good-{i}.png")
     assert cv2.imwrite(str(messy / "one-pixel.png"), np.full((1, 1, 3), 200, np.uint8))
+    # Extract reads WebP, so predict does; hidden files are left out by both (".DS_Store", editor copies).
+    assert cv2.imwrite(str(messy / "photo.webp"), cv2.imread(str(messy / "good-0.png")))
+    shutil.copy(messy / "good-0.png", messy / ".hidden-copy.png")
     (messy / "lying-header.jpg").write_bytes(jpeg_declaring(30_000, 30_000))  # decoded at 1/8: bounded
     unreadable = {
         "empty.jpg": b"",
@@ -38,7 +41,7 @@ def test_every_file_of_a_messy_folder_is_in_the_csv(base, tmp_path):
     with open(output, newline="") as handle:
         rows = {os.path.relpath(row["path"], messy): row for row in csv.DictReader(handle)}
     assert set(rows) == {"good-0.png", "good-1.png", "nested/good-2.png", "one-pixel.png", "lying-header.jpg",
-                         *expected_unreadable}, "a file was dropped, or a folder taken for an image"
+                         "photo.webp", *expected_unreadable}, "a file was dropped, or a folder taken for an image"
     for name, row in rows.items():
         if name in expected_unreadable:
             assert row["predicted"] == "" and row["error"] and row["p_dark"] == "", row
@@ -46,4 +49,4 @@ def test_every_file_of_a_messy_folder_is_in_the_csv(base, tmp_path):
             assert row["predicted"] in ("dark", "light") and row["error"] == "", row
     assert "pixels" in rows["poster.png"]["error"] and "truncated" in rows["cut.jpg"]["error"]
     assert "file not found" in rows["dangling-link.png"]["error"]
-    assert f"wrote 5 predictions to {output}; 5 file(s) could not be read" in printed
+    assert f"wrote 6 predictions to {output}; 5 file(s) could not be read" in printed
