@@ -233,8 +233,9 @@ def _check_memory(files, tests, log) -> None:
             need += len(store) * store.dim * 4 * MEMORY_FACTOR
     free = _available_memory()
     if need > free:
-        raise FeatxError(f"{files[0]} needs about {need / 2**30:.1f} GiB to train in memory but {free / 2**30:.1f} GiB "
-                         f"is available: train the out-of-core head, which streams the file (--heads {STREAMED_HEAD})")
+        raise FeatxError(f"{' + '.join(map(str, files))} need(s) about {need / 2**30:.1f} GiB to train in memory but "
+                         f"{free / 2**30:.1f} GiB is available: train the out-of-core head, which streams one file "
+                         f"(--heads {STREAMED_HEAD}, one feature file, no --folds)")
 
 
 def _available_memory() -> int:

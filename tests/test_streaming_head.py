@@ -105,3 +105,30 @@ def test_wrong_width_file_is_refused(tmp_path):
         writer.add(np.zeros((2, DIM + 1)), [0, 1], paths=["x.png", "y.png"])
     with pytest.raises(FeatxError, match="same recipe"):
         head.predict_proba_store(tmp_path / "wide.h5")
+
+
+def test_train_streams_sgd_alone_and_points_there_when_memory_is_short(tmp_path, monkeypatch):
+    import sys
+
+    from featx import load_bundle
+    from featx.train import train
+
+    train_module = sys.modules["featx.train"]  # featx.train the attribute is the function
+
+    path = write_file(tmp_path / "f.h5", per_class=200)
+    messages = []
+    options = dict(output=tmp_path / "models", bootstrap=0, progress=False)
+    result = train(path, heads="sgd", log=messages.append, **options)
+    assert any(message.startswith("streaming the sgd head over 450 rows") for message in messages), messages
+    assert result.best == "sgd" and result.rows[0]["accuracy"] > 0.9 and result.refit_rows == 600
+    bundle = load_bundle(result.bundles["sgd"])
+    with FeatureStore(path) as store:  # the bundle holds the head refit on every row
+        X = store.features[:]
+        np.testing.assert_array_equal(bundle.head.predict(X), result.models["sgd"].predict(X))
+    tested = train(path, test=path, heads="sgd", log=lambda message: None, **options)
+    assert tested.refit_rows is None and tested.rows[0]["accuracy"] > 0.9  # with --test the bundle is as scored
+
+    monkeypatch.setattr(train_module, "_available_memory", lambda: 100_000)  # 100 kB free: 4 x 58 kB does not fit
+    with pytest.raises(FeatxError, match=r"need\(s\) about .* GiB to train in memory .*--heads sgd, one feature file"):
+        train(path, heads="logreg", log=lambda message: None, **options)
+    assert len(train(path, heads="sgd", log=lambda message: None, **options).rows) == 1  # streaming needs no room
