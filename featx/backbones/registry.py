@@ -461,16 +461,11 @@ def _weights_of(recipe: Recipe):
     return "auto"
 
 
-def default_check_image() -> Path:
-    """A photo that ships with scikit-learn (a main dependency): china.jpg."""
-    return Path(str(resources.files("sklearn.datasets").joinpath("images", "china.jpg")))
-
-
 def check_image(name: str = DEFAULT_BACKBONE, image_path=None, weights="auto", top: int = 5) -> list[tuple[str, float]]:
     """ImageNet top-k classes for one image: a quick proof that the weights are real."""
     from featx.images import load_image  # the decoder extract uses: alpha, 16-bit, EXIF, any path
 
-    path = Path(image_path) if image_path is not None else default_check_image()
+    path = Path(image_path) if image_path is not None else runtime_mod.default_check_image()
     image = _center_square(load_image(path))
     # The classifier layers exist in the Keras model only.
     return get_backbone(name, weights=weights, runtime="keras").classify(image[None], top=top)[0]

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -474,9 +475,13 @@ class _CheckFailed(FeatxError):
         self.check = check
 
 
+def default_check_image() -> Path:
+    """A photo that ships with scikit-learn (a main dependency): china.jpg."""
+    return Path(str(resources.files("sklearn.datasets").joinpath("images", "china.jpg")))
+
+
 def check_images(size: int) -> np.ndarray:
     """Four real photos (scikit-learn's china and flower, and their mirror images), uint8 (4, size, size, 3)."""
-    from featx.backbones.registry import default_check_image
     from featx.images import load_image, resize
 
     folder = default_check_image().parent
