@@ -3,7 +3,7 @@
 from featx.heads.ensemble import FoldEnsemble
 from featx.heads.fitting import cv_score, fit_head, fitted_params
 from featx.heads.kernel import RBFFeatures
-from featx.heads.linear import LinearSVM, SoftmaxRegression
+from featx.heads.linear import LinearSVM, Rotation, SoftmaxRegression
 from featx.heads.metrics import quadratic_weighted_kappa
 from featx.heads.mlp import MLPHead
 from featx.heads.ordinal import OrdinalThresholds, RoundedRegression
@@ -32,6 +32,7 @@ __all__ = [
     "PathSearchCV",
     "RidgeLOO",
     "RoundedRegression",
+    "Rotation",
     "SoftmaxRegression",
     "cv_score",
     "fit_head",

@@ -12,11 +12,34 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.decomposition import PCA
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from featx.heads._validation import encode_classes
+
+
+class Rotation(TransformerMixin, BaseEstimator):
+    """Rows onto the principal axes of the training rows, every component kept.
+
+    An L2-penalised linear model is unchanged by the rotation (nor loses anything: with fewer rows than
+    features the solution lies in the rows' span), but its solver's diagonal preconditioner then sees
+    the features' correlations: 3-4x fewer steps. The axes come from the covariance's eigenvectors when
+    rows outnumber features (one D x D eigendecomposition), otherwise from the SVD of the rows (N x N
+    work): fused files of 245 images at 3,840 dims spent 6 s per fit on the 3,840 x 3,840 covariance.
+    """
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        solver = "covariance_eigh" if X.shape[0] >= X.shape[1] else "full"
+        self.pca_ = PCA(svd_solver=solver).fit(X)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return self.pca_.transform(X)
 
 
 class _LinearClassifier(ClassifierMixin, BaseEstimator):

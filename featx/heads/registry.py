@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.decomposition import PCA
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -14,7 +13,7 @@ from featx.errors import FeatxError
 from featx.heads._validation import nested_splits
 from featx.heads.ensemble import FoldEnsemble
 from featx.heads.kernel import RBFFeatures
-from featx.heads.linear import LinearSVM, SoftmaxRegression
+from featx.heads.linear import LinearSVM, Rotation, SoftmaxRegression
 from featx.heads.mlp import MLPHead
 from featx.heads.ordinal import OrdinalThresholds, RoundedRegression
 from featx.heads.search import PathSearchCV
@@ -108,10 +107,7 @@ def _head(name, metric, class_weight, search, seed):
 
 
 def _rotation():
-    # Rotating onto the principal axes changes no L2-penalised linear model (nor drops anything: all
-    # components are kept, and with fewer rows than features the solution lies in the rows' span), but
-    # it lets the solver's diagonal preconditioner see the features' correlations: 3-4x fewer steps.
-    return PCA(svd_solver="covariance_eigh")
+    return Rotation()  # principal axes: the same linear model, found in 3-4x fewer solver steps
 
 
 def _logreg_search(class_weight, search, *, scoring, report=None):
@@ -157,6 +153,7 @@ TRUSTED_TYPES = (
     "featx.heads.ensemble.FoldEnsemble",
     "featx.heads.kernel.RBFFeatures",
     "featx.heads.linear.LinearSVM",
+    "featx.heads.linear.Rotation",
     "featx.heads.linear.SoftmaxRegression",
     "featx.heads.mlp.MLPHead",
     "featx.heads.ordinal.OrdinalThresholds",
