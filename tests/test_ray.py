@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 import pytest
 
@@ -23,7 +22,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'feat
 
 from featx import FeatxError  # noqa: E402 - after the skip: nothing here runs without Ray
 from featx.extract import extract  # noqa: E402
-from featx.store import FeatureStore  # noqa: E402
+from featx.store import FeatureStore, HDF5DatasetWriter  # noqa: E402
 
 SIZE = 48  # small inputs keep random-weight backbones fast; the plumbing is the same at 224
 OPTIONS = dict(backbone="efficientnet_lite0", weights="none", image_size=SIZE, progress=False,
@@ -245,11 +244,10 @@ def test_train_on_ray_runs_the_path_searches_there_and_scores_as_locally(tmp_pat
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(3, 16))
     labels = np.repeat(np.arange(3), 20)
-    with h5py.File(tmp_path / "f.h5", "w") as f:
-        f["features"] = (centres[labels] + rng.normal(size=(60, 16))).astype(np.float32)
-        f["labels"] = labels
-        f["label_names"] = ["a", "b", "c"]
-    options = dict(heads="logreg,ordinal", bootstrap=0, report=False, progress=False, log=lambda *a: None)
+    with HDF5DatasetWriter((0, 16), tmp_path / "f.h5") as writer:
+        writer.store_class_labels(["a", "b", "c"])
+        writer.add(centres[labels] + rng.normal(size=(60, 16)), labels, paths=[f"{i}.png" for i in range(60)])
+    options = dict(heads="logreg,svm", bootstrap=0, report=False, progress=False, log=lambda *a: None)
     local = train(tmp_path / "f.h5", output=tmp_path / "local", **options)
     on_ray = train(tmp_path / "f.h5", output=tmp_path / "ray", engine="ray", **options)
     assert [(r["head"], r["params"], r["accuracy"]) for r in on_ray.rows] == \

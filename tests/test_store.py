@@ -372,7 +372,7 @@ def test_describe_counts_only_shards_not_yet_assembled(tmp_path):
 
 CHANGED = {"backbone": "vgg16", "weights_sha256": "def456", "image_size": 160, "preprocessing": "tf",
            "pooling": "max", "layer": "block5", "resize": "crop", "tta": "flip", "augment": 2, "seed": 7,
-           "precision": "int8"}
+           "decode": "reduced", "precision": "int8"}
 
 
 def test_changed_values_cover_every_recipe_key():
