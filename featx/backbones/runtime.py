@@ -230,7 +230,7 @@ def _check_precision(precision: str) -> None:
         raise FeatxError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and not fp16_native():
         raise FeatxError("this CPU has no fp16 arithmetic (x86 AVX512-FP16 or ARM FP16), so fp16 would be slower "
-                         "than float32: use float32, or int8")
+                         "than float32: use --precision float32")
 
 
 def litert_available() -> bool:
