@@ -524,7 +524,8 @@ def _refuse_other_recipe(output_path: str, existing: Recipe | None, new: Recipe 
     if differences:
         raise FeatxError(
             f"{output_path} holds rows extracted with another recipe than {what} ({differences}); "
-            "pass --overwrite to start over, or choose another output (-o)"
+            "rerun with the options it was made with to continue (featx info lists them; files from before "
+            "--decode existed need --decode full), pass --overwrite to start over, or choose another output (-o)"
         )
 
 
