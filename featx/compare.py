@@ -11,11 +11,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from featx.recipe import DECODE_KEYS, mismatch
 from featx.recipe import summary as recipe_summary
 from featx.report import ReportData, ReportResult, build_report, leaderboard_table
 from featx.scoring import best_index
-from featx.train import Options, as_paths, check_options, choose_heads, fit_and_score, load_split
+from featx.train import (
+    Options,
+    as_paths,
+    check_options,
+    choose_heads,
+    decoding_differences,
+    fit_and_score,
+    format_optional,
+    load_split,
+    output_stem,
+)
 
 __all__ = ["CompareResult", "compare"]
 
@@ -68,7 +77,7 @@ def compare(
     labels = _labels(files, split)
     variants = [(label, [i]) for i, label in enumerate(labels)]
     if fuse and len(files) > 1:
-        if _decoded_alike(split):
+        if not decoding_differences(split.recipes):
             variants.append(("fused: " + " + ".join(labels), list(range(len(files)))))
         else:
             log("not fusing: the files feed images differently (resize or TTA), so a fused head could not predict")
@@ -83,7 +92,7 @@ def compare(
             head, row, _ = fit_and_score(head_name, variant, options)
             rows.append({"features": label, "dims": variant.train.X.shape[1], **row})
             fitted[len(rows) - 1] = (head, variant)
-            log(f"  {label} / {head_name}: {metric} {_shown(row.get(metric))} in {row['fit_seconds']:.2f} s")
+            log(f"  {label} / {head_name}: {metric} {format_optional(row.get(metric))} in {row['fit_seconds']:.2f} s")
     best_at = best_index(rows, metric)
     best = rows[best_at]
     page = None
@@ -96,8 +105,7 @@ def compare(
             recipe=recipe_summary(variant.recipes),
             notes=[f"Best: {best['features']} with {best['head']}; the map, matrix and label issues are its."],
         )
-        name = "+".join(f.stem for f in files)
-        page = build_report(Path(output) / f"{name}-compare.html", head, summary,
+        page = build_report(Path(output) / f"{output_stem(files)}-compare.html", head, summary,
                             variant.all_rows if variant.all_rows is not None else variant.train, variant.test,
                             seed=seed, log=log)
     text = _compare_report(rows, best, metric, files, tests, labels, page)
@@ -112,15 +120,6 @@ def _labels(files: list[Path], split) -> list[str]:
     return [str(f) for f in files]
 
 
-def _decoded_alike(split) -> bool:
-    first = split.recipes[0] if split.recipes else None
-    return all(not mismatch(first, recipe, DECODE_KEYS) for recipe in split.recipes[1:])
-
-
-def _shown(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def _compare_report(rows, best, metric, files, tests, labels, page) -> str:
     interval = best.get(f"{metric}_ci")
     lines = [
@@ -129,7 +128,7 @@ def _compare_report(rows, best, metric, files, tests, labels, page) -> str:
         f"cv score: the head's own search on the training rows, in {metric}; intervals: 95% bootstrap over the "
         "test rows)",
         "",
-        f"best recipe by {metric}: {best['features']} with {best['head']} ({metric} {_shown(best.get(metric))}"
+        f"best recipe by {metric}: {best['features']} with {best['head']} ({metric} {format_optional(best.get(metric))}"
         + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + ")",
         "train it: featx train " + _train_command(best, files, tests, labels),
     ]

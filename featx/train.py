@@ -138,12 +138,11 @@ def train(
         return train_streamed(files[0], test=None if tests is None else tests[0], test_size=float(test_size),
                               class_weight=class_weight, metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output,
                               seed=seed, bootstrap=bootstrap, log=log)
-    _check_memory(files, tests, log)
     split = load_split(files, test=tests, test_size=float(test_size), ordinal=ordinal, folds=folds, seed=seed,
                        log=log)
     head_names = choose_heads(heads, split, folds=folds, log=log)
     data, held_out, class_names = split.train, split.test, split.class_names
-    name = _stem(files)
+    name = output_stem(files)
     log(
         f"fitting {len(head_names)} head(s) on {len(data)} rows x {data.X.shape[1]} dims of {split.train.source} "
         f"({len(class_names)} {'graded ' if split.graded else ''}classes: {', '.join(class_names)}); "
@@ -225,15 +224,13 @@ STREAMED_HEAD = "sgd"
 MEMORY_FACTOR = 4
 
 
-def _check_memory(files, tests, log) -> None:
-    """Refuse, before reading, features the in-memory heads could not hold; say to stream them."""
-    need = 0
-    for path in [*files, *(tests or [])]:
-        with FeatureStore(path) as store:
-            need += len(store) * store.dim * 4 * MEMORY_FACTOR
+def _check_memory(stores, test_stores) -> None:
+    """Refuse, before their features are read, files the in-memory heads could not hold; say to stream them."""
+    need = sum(len(store) * store.dim * 4 * MEMORY_FACTOR for store in [*stores, *test_stores])
     free = _available_memory()
     if need > free:
-        raise FeatxError(f"{' + '.join(map(str, files))} need(s) about {need / 2**30:.1f} GiB to train in memory but "
+        files = " + ".join(store.path for store in stores)
+        raise FeatxError(f"{files} need(s) about {need / 2**30:.1f} GiB to train in memory but "
                          f"{free / 2**30:.1f} GiB is available: train the out-of-core head, which streams one file "
                          f"(--heads {STREAMED_HEAD}, one feature file, no --folds)")
 
@@ -262,7 +259,6 @@ def train_streamed(features: Path, *, test: Path | None, test_size: float, class
         class_names, graded = class_order(store.label_names, ordinal)
         labels = mapped_labels(store, class_names)
         groups = np.asarray(store.paths, dtype=object)
-        originals = np.ones(len(store), bool) if store.aug is None else np.asarray(store.aug) == 0
         rows = np.flatnonzero(labels >= 0)
         if len(np.unique(labels[rows])) < 2:
             raise FeatxError(f"{features} has fewer than 2 labelled classes; a classifier needs at least 2")
@@ -270,14 +266,14 @@ def train_streamed(features: Path, *, test: Path | None, test_size: float, class
             fit_at, test_at = grouped_train_test_split(labels[rows], groups[rows], test_size=test_size, seed=seed)
             train_rows, test_store, test_rows = rows[fit_at], store, rows[test_at]
             test_labels = labels
-            test_label = f"{len(np.unique(groups[test_rows]))} held-out images ({test_size:.0%}, seed {seed})"
+            test_label = _held_out_label(groups[test_rows], test_size, seed)
         else:
             train_rows, test_store = rows, stack.enter_context(FeatureStore(test))
             check_compatible([store, test_store])
             test_labels = mapped_labels(test_store, class_names)
             test_rows, test_label = np.flatnonzero(test_labels >= 0), str(test)
-            originals = np.ones(len(test_store), bool) if test_store.aug is None else np.asarray(test_store.aug) == 0
-        test_rows = test_rows[originals[test_rows]]  # scored on original images only
+        if test_store.aug is not None:
+            test_rows = test_rows[np.asarray(test_store.aug)[test_rows] == 0]  # scored on original images only
         log(f"streaming the {STREAMED_HEAD} head over {len(train_rows):,} rows x {store.dim:,} dims of {features} "
             f"({len(class_names)} classes: {', '.join(class_names)}); "
             f"testing on {len(test_rows):,} rows of {test_label}")
@@ -323,7 +319,7 @@ def as_paths(files) -> list[Path]:
     return [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
 
 
-def _stem(files: list[Path]) -> str:
+def output_stem(files: list[Path]) -> str:
     """The name outputs are saved under: the file's stem, or the fused files' stems joined by '+'."""
     return "+".join(f.stem for f in files)
 
@@ -350,11 +346,12 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
         stores = [stack.enter_context(FeatureStore(f)) for f in files]
         class_names, graded = class_order(stores[0].label_names, ordinal)
         recipes = _fused_recipes(stores, same_decoding)
+        test_stores = [] if test is None else [stack.enter_context(FeatureStore(f)) for f in test]
+        for store, test_store in zip(stores, test_stores):
+            check_compatible([store, test_store])
+        _check_memory(stores, test_stores)  # the stores hold only the small columns so far
         data = read_fused(stores, class_names, log)
         if test is not None:
-            test_stores = [stack.enter_context(FeatureStore(f)) for f in test]
-            for store, test_store in zip(stores, test_stores):
-                check_compatible([store, test_store])
             held_out = read_fused(test_stores, class_names, log)
     features = data.source
     present = np.unique(data.y)
@@ -372,7 +369,7 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
                            where=f"in {features} ({train_need} to train, 1 to test)", fewer_folds_help=fewer_folds_help)
         train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=test_size, seed=seed)
         all_rows, data, held_out = data, data.subset(train_rows), data.subset(test_rows)
-        test_label = f"{len(np.unique(held_out.groups))} held-out images ({test_size:.0%}, seed {seed})"
+        test_label = _held_out_label(held_out.groups, test_size, seed)
         note = f" after holding out {test_size:.0%} to test (--test-size)"
     else:
         test_label = held_out.source
@@ -384,6 +381,11 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
                   test_label=test_label, all_rows=all_rows, train_images_note=note)
 
 
+def _held_out_label(groups, test_size: float, seed: int) -> str:
+    """How the held-out test rows are named in messages: their images, the fraction and the seed."""
+    return f"{len(np.unique(groups))} held-out images ({test_size:.0%}, seed {seed})"
+
+
 def _fused_recipes(stores, same_decoding: bool) -> list[Recipe]:
     """The recipe of each file; with `same_decoding`, fused files must be fed the same way (a fused head's
     prediction decodes each image once for all of them)."""
@@ -391,12 +393,16 @@ def _fused_recipes(stores, same_decoding: bool) -> list[Recipe]:
     if len(stores) > 1 and same_decoding:
         if any(recipe is None for recipe in recipes):
             raise FeatxError("fusing needs feature files that record their recipe; extract them with `featx extract`")
-        for store, recipe in zip(stores[1:], recipes[1:]):
-            differences = mismatch(recipes[0], recipe, DECODE_KEYS)
-            if differences:
-                raise FeatxError(f"{stores[0].path} and {store.path} feed images differently ({differences}); fused "
-                                 "files are decoded once per image: extract them in one run (--backbone a,b)")
+        for index, differences in decoding_differences(recipes):
+            raise FeatxError(f"{stores[0].path} and {stores[index].path} feed images differently ({differences}); "
+                             "fused files are decoded once per image: extract them in one run (--backbone a,b)")
     return [recipe for recipe in recipes if recipe is not None]
+
+
+def decoding_differences(recipes: list[Recipe]) -> list[tuple[int, str]]:
+    """(index, differences) of every recipe that feeds images differently from the first (DECODE_KEYS)."""
+    return [(index, differences) for index, recipe in enumerate(recipes[1:], start=1)
+            if (differences := mismatch(recipes[0], recipe, DECODE_KEYS))]
 
 
 def _check_class_sizes(rows: Rows, class_names, *, need: int, where: str, fewer_folds_help: bool) -> None:
