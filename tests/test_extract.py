@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
 import h5py
 import numpy as np
 import pytest
+from killing import sigkill_once_ready
 
 from featx import FeatxError
 from featx import runner as extract_mod
@@ -373,19 +369,7 @@ def test_sigkill_mid_run_then_rerun_completes(tmp_path):
     ready = tmp_path / "ready"
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen([sys.executable, str(script), str(data), str(out), str(ready)], env=env)
-    try:
-        deadline = time.time() + 600  # only a limit for a broken child: it stalls once ready
-        while not ready.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert ready.exists() and proc.poll() is None, "the child neither stalled mid-run nor stayed alive"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_once_ready(script, data, out, ready, ready=ready)
     assert not out.exists() and len(list(Path(f"{out}.parts").glob("shard-*.h5"))) >= 3
 
     kw = dict(image_size=160, batch_size=2, buffer_size=2)

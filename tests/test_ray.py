@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featx[ray]' (the [test] extra has it)")
+
+from killing import sigkill_once_ready  # noqa: E402
 
 from featx import FeatxError  # noqa: E402 - after the skip: nothing here runs without Ray
 from featx.extract import extract  # noqa: E402
@@ -131,19 +132,7 @@ def test_ray_driver_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path,
     data = make_dataset(tmp_path / "data", n=12)
     out, ready, script = tmp_path / "kill.h5", tmp_path / "ready", tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(data), str(out), str(ready), ray_address],
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    try:
-        deadline = time.time() + 600  # only a limit for a broken child: it stalls once ready
-        while not ready.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert ready.exists() and proc.poll() is None, "the child neither stalled mid-run nor stayed alive"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_once_ready(script, data, out, ready, ray_address, ready=ready)
     assert not out.exists() and len(list(Path(f"{out}.parts").glob("shard-*.h5"))) >= 2
 
     result = extract(data, out, batch_size=2, buffer_size=2, engine="ray", **OPTIONS)
