@@ -211,13 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message comes, not the one it was made with.
+
+    main() runs more than once in one process (tests, notebooks) while sys.stderr is swapped and closed
+    around it; a handler holding the first one would write into, and flush, a closed stream.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass  # always sys.stderr: setStream and StreamHandler.__init__ change nothing
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # featx's own messages only: TensorFlow and friends keep their own (quieted) logging.
     logger = logging.getLogger("featx")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("featx: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)

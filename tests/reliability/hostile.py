@@ -11,10 +11,8 @@ import contextlib
 import faulthandler
 import hashlib
 import io
-import logging
 import signal
 import struct
-import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -71,15 +69,9 @@ def run_cli(*args) -> tuple[int, str, str]:
     from featx.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    handlers = logging.getLogger("featx").handlers
-    streams = [handler.setStream(err) for handler in handlers if isinstance(handler, logging.StreamHandler)]
-    try:
-        with deadline(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(arg) for arg in args])
-    finally:
-        for handler in logging.getLogger("featx").handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(streams.pop(0) if streams else sys.stderr)
+    # featx's log handler writes to the current sys.stderr, so redirecting it catches the log lines too.
+    with deadline(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(arg) for arg in args])
     return code, out.getvalue(), err.getvalue()
 
 
