@@ -10,6 +10,11 @@ spreads over all of them; median and min of the repeats are printed with the loa
       split that measured fastest; --litert-feeding workers tries one 1-thread interpreter per worker)
   (4) LiteRT compute only: the same interpreter on pre-decoded, preprocessed tensors
   (5) featx extract with its default runtime (auto: LiteRT on a CPU-only machine)
+  (6) featx extract --precision fp16 (only on CPUs with fp16 arithmetic; reduced precision, never the default)
+  ceiling: what float32 could reach if both cores did nothing but featx's own per-image work, summed in one
+      thread (read + decode + resize + preprocess as the runner does them, then a 1-thread interpreter):
+      cores / CPU ms per image. No feeding, however clever, passes it without changing the pixels or the
+      arithmetic.
 
 Goals (issue 11): (3) and (5) >= 4x (1) and >= 0.6x (4). Real images: ../shared/data/hymenoptera (skipped
 with a message if absent).
@@ -52,6 +57,28 @@ def naive_loop(backbone, files, batch_size=32) -> int:
         if batch:
             done += len(backbone.model.predict(backbone.preprocess(np.stack(batch)), verbose=0))
     return done
+
+
+def single_thread_costs(files, single) -> tuple[float, float]:
+    """CPU ms per image, in this thread alone: featx's decode (read, decode, resize) + preprocess, and a
+    1-thread interpreter on the result. The ceiling of any feeding is cores / their sum."""
+    import time
+
+    from featx import runner
+
+    size, tensors = single.input_size, []
+    cpu = time.process_time()
+    for path in files:
+        arrays, _, _ = runner.decode(runner.Item(path=str(path), file=path, label=0), [size], augment=0, tta=None,
+                                     crop=False, seed=0, reduce=True)
+        if arrays is not None:
+            tensors.append(single.preprocess(arrays[size]))
+    decoding = time.process_time() - cpu
+    cpu = time.process_time()
+    for tensor in tensors:
+        single(tensor)
+    inference = time.process_time() - cpu
+    return 1e3 * decoding / len(tensors), 1e3 * inference / len(tensors)
 
 
 def featx_extract(data, out, backbone_name, weights, workers=None, **runtime) -> int:
@@ -138,6 +165,11 @@ def main(argv=None):
         }
         options["(5) featx extract, default runtime (auto)"] = lambda: featx_extract(
             data, Path(tmp) / "auto.h5", args.backbone, args.weights)
+        from featx.backbones.runtime import fp16_native
+
+        if fp16_native():
+            options["(6) featx extract --precision fp16 (reduced precision)"] = lambda: featx_extract(
+                data, Path(tmp) / "fp16.h5", args.backbone, args.weights, precision="fp16")
         if args.in_turn:
             options["    featx extract, Keras runtime, workers=0"] = lambda: featx_extract(
                 data, Path(tmp) / "turn.h5", args.backbone, args.weights, workers=0)
@@ -145,9 +177,13 @@ def main(argv=None):
         if not ahead:
             feeding.warm(runtime, pool, args.litert_batch)
         results = {label: [] for label in options}
+        single = feeding.litert(1)
+        single(np.zeros((1, single.input_size, single.input_size, 3), np.float32))
+        costs = []
         for repeat in range(args.repeats):
             for label, run in options.items():
                 results[label].append(feeding.timed(run))
+            costs.append(single_thread_costs(files, single))
             print(f"repeat {repeat + 1}/{args.repeats} done, {feeding.load_average()}", flush=True)
     feeding.report(results)
     runs = {label[:3]: values for label, values in results.items()}
@@ -159,6 +195,17 @@ def main(argv=None):
           f"(3)/(4) {ratio('(3)', '(4)'):.2f} (goal >= 0.6)   (3)/(2) {ratio('(3)', '(2)'):.2f}x")
     print(f"featx extract default: (5)/(1) {ratio('(5)', '(1)'):.2f}x (goal >= 4)   "
           f"(5)/(4) {ratio('(5)', '(4)'):.2f} (goal >= 0.6)")
+    if "(6)" in runs:
+        print(f"featx extract --precision fp16: (6)/(1) {ratio('(6)', '(1)'):.2f}x   "
+              f"(6)/(5) {ratio('(6)', '(5)'):.2f}x")
+    decoding = statistics.median(d for d, _ in costs)
+    inference = statistics.median(i for _, i in costs)
+    ceiling = [cores * 1e3 / (d + i) for d, i in costs]
+    print(f"ceiling, float32: one thread spends {decoding:.2f} CPU ms per image reading, decoding, resizing and "
+          f"preprocessing, and {inference:.2f} in a 1-thread interpreter; "
+          f"{cores} cores / {decoding + inference:.2f} ms = "
+          f"{statistics.median(ceiling):.1f} images/s = "
+          f"{statistics.median(c / n for c, (n, _) in zip(ceiling, runs['(1)'])):.2f}x (1), paired")
     return 0
 
 
