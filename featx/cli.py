@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="an HTML page of a bundle on a labelled feature file, with likely label errors")
     s.add_argument("bundle")
-    s.add_argument("features")
+    s.add_argument("features", nargs="+", help="a feature file (one per recipe for a fused model)")
     s.add_argument("-o", "--output", help="folder or .html file (default: beside the bundle)")
     s.set_defaults(func=_cmd_report)
 

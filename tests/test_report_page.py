@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from featx.bundle import save_bundle
+from featx.cli import main
 from featx.errors import FeatxError
 from featx.recipe import Recipe
 from featx.report import (
@@ -242,6 +244,38 @@ def test_report_of_a_saved_bundle_on_a_feature_file(tmp_path):
     renamed = _feature_file(tmp_path / "features" / "renamed.h5", test, ["ants", "bees", "hornets"])
     with pytest.raises(FeatxError, match="hornets"):
         report(bundle, renamed, output=tmp_path / "elsewhere" / "page.html", log=_quiet)
+
+
+def test_report_of_a_fused_bundle_takes_one_file_per_recipe_in_order(tmp_path, capsys):
+    train, test = _split(tmp_path)
+    lite2 = RECIPE.replace(backbone="efficientnet_lite2", image_size=260)
+    rng = np.random.default_rng(5)
+    other_train, other_test = (rng.normal(size=(len(rows.y), 8)).astype(np.float32) for rows in (train, test))
+    head = _head(dataclasses.replace(train, X=np.hstack([train.X, other_train])))
+    first = _feature_file(tmp_path / "features" / "insects-val-lite0.h5", test, NAMES)
+    second = _feature_file(tmp_path / "features" / "insects-val-lite2.h5", dataclasses.replace(test, X=other_test),
+                           NAMES, recipe=lite2)
+    bundle = save_bundle(tmp_path / "models" / "fused-logreg.skops", head, label_names=NAMES, recipes=[RECIPE, lite2],
+                         metrics=_summary().leaderboard[0], head_name="logreg", graded=False,
+                         extra={"features": [str(tmp_path / "features" / "insects-train-lite0.h5"), str(first)]})
+
+    assert main(["report", str(bundle), str(first), str(second)]) == 0
+    page_path = tmp_path / "models" / "insects-val-lite0+insects-val-lite2-report.html"
+    assert f"report: {page_path}" in capsys.readouterr().out
+    page = page_path.read_text(encoding="utf-8")
+    assert "featx report: logreg on insects-val-lite0.h5 + insects-val-lite2.h5" in page
+    assert "trained on rows of insects-val-lite0.h5" in page  # one of the two was a training file
+    # The confusion matrix is the fused head's own predictions on the fused rows.
+    predicted = head.predict(np.hstack([test.X, other_test]))
+    expected = {f"{t}-{p}": int(((test.y == t) & (predicted == p)).sum()) for t in range(3) for p in range(3)}
+    assert {cell: n for cell, n in _cell_counts(page).items() if n} == {cell: n for cell, n in expected.items() if n}
+    assert (tmp_path / "models" / "insects-val-lite0+insects-val-lite2-label-issues.csv").is_file()
+    # One file, or the files in another order, are refused in one line naming what is wrong.
+    assert main(["report", str(bundle), str(first)]) == 1
+    assert "trained on 2 fused feature file(s) but got 1" in capsys.readouterr().err
+    assert main(["report", str(bundle), str(second), str(first), "-o", str(tmp_path / "elsewhere")]) == 1
+    assert "backbone" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()
 
 
 # --------------------------------------------------------------------------- in a real browser

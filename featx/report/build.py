@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 from featx.bundle import load_bundle
 from featx.errors import FeatxError
 from featx.heads import make_head
+from featx.recipe import summary as recipe_summary
 from featx.report.label_issues import (
     LabelIssues,
     find_label_issues,
@@ -21,7 +23,7 @@ from featx.report.label_issues import (
     write_label_issues_csv,
 )
 from featx.report.page import FeatureMap, Predictions, ReportData, write_report_page
-from featx.rows import Rows, read_rows
+from featx.rows import Rows, read_fused
 from featx.store import FeatureStore
 
 __all__ = ["ReportResult", "build_report", "report"]
@@ -188,46 +190,56 @@ def build_report(page, head, summary: ReportData, train: Rows, test: Rows | None
 # --------------------------------------------------------------------------- featx report BUNDLE FEATURES
 
 
-def _report_paths(bundle_path: Path, features: Path, output) -> tuple[Path, Path]:
+def _report_paths(bundle_path: Path, stem: str, output) -> tuple[Path, Path]:
     if output is None:
-        page = bundle_path.parent / f"{features.stem}-report.html"
+        page = bundle_path.parent / f"{stem}-report.html"
     else:
         output = Path(output)
-        page = output if output.suffix.lower() in (".html", ".htm") else output / f"{features.stem}-report.html"
+        page = output if output.suffix.lower() in (".html", ".htm") else output / f"{stem}-report.html"
     return page, label_issues_csv_path(page)
+
+
+def _recipe_shown(recipes) -> dict:
+    # A head trained on a file without a recipe (a seeds-style file) has None in its place: nothing to show.
+    return recipe_summary(recipes) if recipes and all(recipe is not None for recipe in recipes) else {}
 
 
 def report(bundle_path, features_path, *, output=None, folds: int = 5, seed: int = 0,
            log: Callable[[str], object] = print) -> ReportResult:
-    """The report page of a saved bundle on a labelled feature file (`featx report BUNDLE FEATURES`).
+    """The report page of a saved bundle on a labelled feature file (`featx report BUNDLE FEATURES...`).
 
-    The head predicts every original image of the file (the confusion matrix); label issues are
-    searched out-of-fold on the same rows. Writes `<features-stem>-report.html` and
-    `-label-issues.csv` beside the bundle, or into `output` (a folder or an .html path).
+    features_path: a feature file, or for a head trained on fused files, one file per recipe in the
+    order trained (as for `featx evaluate`). The head predicts every original image (the confusion
+    matrix); label issues are searched out-of-fold on the same rows. Writes `<stem>-report.html` and
+    `-label-issues.csv` beside the bundle, or into `output` (a folder or an .html path); a fused
+    stem joins the files' stems with '+', as `featx train` names fused outputs.
     """
     bundle = load_bundle(bundle_path)
-    features = Path(features_path)
-    with FeatureStore(features) as store:
-        bundle.check_features([store])
-        rows = read_rows(store, bundle.label_names, log)
+    files = [Path(features_path)] if isinstance(features_path, (str, Path)) else [Path(f) for f in features_path]
+    with ExitStack() as stack:
+        stores = [stack.enter_context(FeatureStore(f)) for f in files]
+        bundle.check_features(stores)
+        rows = read_fused(stores, bundle.label_names, log)
+    named = " + ".join(f.name for f in files)
     if len(rows) == 0:
-        raise FeatxError(f"{features} has no labelled rows; a report needs images in class folders")
-    recipe = bundle.recipe
+        raise FeatxError(f"{named} has no labelled rows; a report needs images in class folders")
     notes = []
     # One path in bundles from before fusion, a list of the fused files' paths since.
     trained_on = bundle.extra.get("features")
     trained_on = [trained_on] if isinstance(trained_on, str) else trained_on if isinstance(trained_on, list) else []
-    if any(isinstance(path, str) and Path(path).resolve() == features.resolve() for path in trained_on):
-        notes.append(f"The head was trained on rows of {features.name}: its confusion matrix here is optimistic. "
+    given = {f.resolve() for f in files}
+    seen = [Path(path).name for path in trained_on if isinstance(path, str) and Path(path).resolve() in given]
+    if seen:
+        notes.append(f"The head was trained on rows of {' + '.join(seen)}: its confusion matrix here is optimistic. "
                      "The label issues are out-of-fold, so they are not.")
     summary = ReportData(
-        title=f"featx report: {bundle.head_name} on {features.name}",
+        title=f"featx report: {bundle.head_name} on {named}",
         class_names=list(bundle.label_names), graded=bundle.graded,
         leaderboard=[{"head": bundle.head_name, **bundle.metrics}], best=bundle.head_name,
-        metric=str(bundle.extra.get("metric") or "accuracy"), recipe={} if recipe is None else recipe.to_attrs(),
+        metric=str(bundle.extra.get("metric") or "accuracy"), recipe=_recipe_shown(bundle.recipes),
         notes=notes + [f"Leaderboard: the scores recorded in {Path(bundle_path).name} when it was trained."],
     )
-    page, csv_path = _report_paths(Path(bundle_path), features, output)
+    page, csv_path = _report_paths(Path(bundle_path), "+".join(f.stem for f in files), output)
     result = build_report(page, bundle.head, summary, rows, rows, issues_csv=csv_path, folds=folds, seed=seed, log=log)
     log(str(result))
     return result
