@@ -262,7 +262,10 @@ def train_streamed(features: Path, *, test: Path | None, test_size: float, class
         rows = np.flatnonzero(labels >= 0)
         if len(np.unique(labels[rows])) < 2:
             raise FeatxError(f"{features} has fewer than 2 labelled classes; a classifier needs at least 2")
+        need = min_images_per_class(STREAMED_HEAD)[0]  # checked before any chunk is read, as train does
         if test is None:
+            _check_class_sizes(labels[rows], groups[rows], class_names, need=need + 1,
+                               where=f"in {features} ({need} to train, 1 to test)", fewer_folds_help=False)
             fit_at, test_at = grouped_train_test_split(labels[rows], groups[rows], test_size=test_size, seed=seed)
             train_rows, test_store, test_rows = rows[fit_at], store, rows[test_at]
             test_labels = labels
@@ -272,6 +275,8 @@ def train_streamed(features: Path, *, test: Path | None, test_size: float, class
             check_compatible([store, test_store])
             test_labels = mapped_labels(test_store, class_names)
             test_rows, test_label = np.flatnonzero(test_labels >= 0), str(test)
+        _check_class_sizes(labels[train_rows], groups[train_rows], class_names, need=need, where="to train on",
+                           fewer_folds_help=False)
         if test_store.aug is not None:
             test_rows = test_rows[np.asarray(test_store.aug)[test_rows] == 0]  # scored on original images only
         log(f"streaming the {STREAMED_HEAD} head over {len(train_rows):,} rows x {store.dim:,} dims of {features} "
@@ -365,7 +370,7 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
     fewer_folds_help = train_need > _fewest_images_needed(None)
     note, all_rows = "", None
     if test is None:
-        _check_class_sizes(data, class_names, need=train_need + 1,
+        _check_class_sizes(data.y, data.groups, class_names, need=train_need + 1,
                            where=f"in {features} ({train_need} to train, 1 to test)", fewer_folds_help=fewer_folds_help)
         train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=test_size, seed=seed)
         all_rows, data, held_out = data, data.subset(train_rows), data.subset(test_rows)
@@ -373,7 +378,8 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
         note = f" after holding out {test_size:.0%} to test (--test-size)"
     else:
         test_label = held_out.source
-    _check_class_sizes(data, class_names, need=train_need, where="to train on", fewer_folds_help=fewer_folds_help)
+    _check_class_sizes(data.y, data.groups, class_names, need=train_need, where="to train on",
+                       fewer_folds_help=fewer_folds_help)
     held_out = held_out.originals()
     if len(held_out) == 0:
         raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled test file")
@@ -405,9 +411,9 @@ def decoding_differences(recipes: list[Recipe]) -> list[tuple[int, str]]:
             if (differences := mismatch(recipes[0], recipe, DECODE_KEYS))]
 
 
-def _check_class_sizes(rows: Rows, class_names, *, need: int, where: str, fewer_folds_help: bool) -> None:
+def _check_class_sizes(y, groups, class_names, *, need: int, where: str, fewer_folds_help: bool) -> None:
     """Refuse classes with fewer than `need` source images (classes with none are only logged)."""
-    index, images = smallest_class(rows.y, rows.groups)
+    index, images = smallest_class(y, groups)
     if images < need:
         raise FeatxError(
             f"class '{class_names[index]}' has only {images} labelled image(s) {where}; "

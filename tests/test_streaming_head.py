@@ -132,3 +132,25 @@ def test_train_streams_sgd_alone_and_points_there_when_memory_is_short(tmp_path,
     with pytest.raises(FeatxError, match=r"need\(s\) about .* GiB to train in memory .*--heads sgd, one feature file"):
         train(path, heads="logreg", log=lambda message: None, **options)
     assert len(train(path, heads="sgd", log=lambda message: None, **options).rows) == 1  # streaming needs no room
+
+
+def test_streamed_sgd_refuses_too_few_images_per_class_as_in_memory_heads_do(tmp_path):
+    from featx.train import train
+
+    path = tmp_path / "small.h5"
+    rng = np.random.default_rng(1)
+    counts = {"a": 2, "b": 30, "c": 30}  # 'a': 2 images, while a hold-out and sgd's fit need 3 + 1
+    with HDF5DatasetWriter((0, DIM), path) as writer:
+        writer.store_class_labels(list(counts))
+        for label, (name, count) in enumerate(counts.items()):
+            writer.add(rng.normal(label, 1, (count, DIM)), np.full(count, label),
+                       paths=[f"{name}/{i}.png" for i in range(count)])
+    options = dict(output=tmp_path / "models", bootstrap=0, progress=False, log=lambda message: None)
+    for heads in ("sgd", "logreg"):  # streamed and in memory: the same one line
+        with pytest.raises(FeatxError) as refused:
+            train(path, heads=heads, **options)
+        assert str(refused.value) == (f"class 'a' has only 2 labelled image(s) in {path} (3 to train, 1 to test); "
+                                      "need at least 4: add labelled images per class")
+    with pytest.raises(FeatxError, match=r"^class 'a' has only 2 labelled image\(s\) to train on; need at least 3"):
+        train(path, test=path, heads="sgd", **options)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
