@@ -9,7 +9,6 @@ traced once. Every part is timed (decode, inference, write, waiting) so the bott
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import zlib
@@ -22,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from featx import images
+from featx.cores import usable_cores
 from featx.errors import FeatxError
 from featx.store import FeatureStore, HDF5DatasetWriter, parts_dir
 
@@ -289,8 +289,7 @@ def features_for_files(files, backbones, *, tta=None, crop=False, decode="full",
 
 def decode_workers(workers):
     if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, min(4, cores))
+        return max(1, min(4, usable_cores()))
     return int(workers)
 
 

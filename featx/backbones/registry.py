@@ -16,6 +16,7 @@ import numpy as np
 from featx.backbones import efficientnet_lite as lite
 from featx.backbones import keras_apps
 from featx.backbones import runtime as runtime_mod
+from featx.cores import usable_cores
 from featx.errors import FeatxError
 from featx.recipe import Recipe
 
@@ -264,8 +265,7 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "a
 
 def _threads(n_jobs) -> int:
     if n_jobs is None:
-        # The cores this process may run on (a container or taskset limits them), not the machine's.
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return usable_cores()  # affinity and container quotas, not the machine's count
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
         raise FeatxError(f"n_jobs must be an integer of at least 1 (inference threads), got {n_jobs!r}")
     return int(n_jobs)

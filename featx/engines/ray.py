@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from featx.cores import usable_cores
 from featx.errors import FeatxError
 from featx.runner import Extraction, Item, decode, features_for_group, write_group
 
@@ -70,10 +71,8 @@ def connect(address=None, *, log=print):
                                  "to run on this machine") from None
         else:
             # "local": a new instance, never one a stale `ray start` left behind; no dashboard to serve.
-            # joblib counts the cores this process may use (affinity, container quotas), not the machine's.
-            import joblib
-
-            ray.init(address="local", num_cpus=joblib.cpu_count(), include_dashboard=False, **quiet)
+            # The cores this process may use (affinity, container quotas), not the machine's.
+            ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, **quiet)
         resources = ray.cluster_resources()
         where = f"Ray cluster at {address}" if address else "a local Ray instance"
         log(f"running on {where}: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import joblib
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from featx.cores import usable_cores
+
 
 def cores(n_jobs=None) -> int:
     """Cores to use: all for None, n_jobs if positive, all but |n_jobs| - 1 if negative (joblib's rule)."""
-    available = joblib.cpu_count()  # follows CPU affinity and cgroup quotas, unlike os.cpu_count
+    available = usable_cores()  # follows CPU affinity and cgroup quotas, unlike os.cpu_count
     if n_jobs is None:
         return available
     n_jobs = int(n_jobs)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from featx.cores import usable_cores
 from featx.images import try_load_image
 
 __all__ = ["Thumbnail", "make_thumbnails"]
@@ -52,6 +53,6 @@ def make_thumbnails(paths: Iterable[str], *, side: int = THUMBNAIL_SIDE,
     unique = list(dict.fromkeys(os.fspath(path) for path in paths))
     if not unique:
         return {}
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, usable_cores())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(zip(unique, pool.map(lambda path: _thumbnail(path, side), unique)))
