@@ -13,17 +13,16 @@ from pathlib import Path
 
 from featx.recipe import summary as recipe_summary
 from featx.report import ReportData, ReportResult, build_report, leaderboard_table
+from featx.rows import as_paths, output_stem
 from featx.scoring import best_index
 from featx.train import (
     Options,
-    as_paths,
     check_options,
     choose_heads,
     decoding_differences,
     fit_and_score,
     format_optional,
     load_split,
-    output_stem,
 )
 
 __all__ = ["CompareResult", "compare"]

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from featx.bundle import as_bundle
 from featx.errors import FeatxError
 from featx.report import leaderboard_table
-from featx.rows import read_fused
+from featx.rows import as_paths, read_fused
 from featx.scoring import details, score_row
 from featx.store import FeatureStore
 
@@ -42,7 +41,7 @@ def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], ob
     features: a file, or for a head trained on fused files, one file per recipe in the order trained.
     """
     model = as_bundle(bundle)
-    files = [Path(features)] if isinstance(features, (str, Path)) else [Path(f) for f in features]
+    files = as_paths(features)
     with ExitStack() as stack:
         stores = [stack.enter_context(FeatureStore(f)) for f in files]
         model.check_features(stores)

@@ -11,6 +11,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -18,8 +19,8 @@ from sklearn.model_selection import train_test_split
 from featx.errors import FeatxError
 from featx.store import FeatureStore
 
-__all__ = ["Rows", "class_order", "grouped_train_test_split", "integer_names", "read_fused", "read_rows",
-           "smallest_class"]
+__all__ = ["Rows", "as_paths", "class_order", "grouped_train_test_split", "integer_names", "output_stem",
+           "read_fused", "read_rows", "smallest_class"]
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
@@ -106,13 +107,22 @@ def mapped_labels(store: FeatureStore, class_names: Sequence[str]) -> np.ndarray
     return mapped
 
 
+def as_paths(files) -> list[Path]:
+    """One feature file or several (fused, one per recipe), as a list of paths."""
+    return [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+
+
+def output_stem(files: list[Path]) -> str:
+    """The name outputs are saved under: the file's stem, or the fused files' stems joined by '+'."""
+    return "+".join(f.stem for f in files)
+
+
 def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[str], object]) -> Rows:
     """A store's labelled rows, in memory, with labels mapped onto `class_names` by name."""
-    mapped = mapped_labels(store, class_names)
-    labels = np.asarray(store.labels, dtype=np.int64)
-    if (labels < 0).any():
-        log(f"{store.path}: leaving out {int((labels < 0).sum())} unlabelled row(s)")
-    rows = np.flatnonzero(labels >= 0)
+    mapped = mapped_labels(store, class_names)  # -1 exactly on the unlabelled rows (unknown classes raise)
+    if (mapped < 0).any():
+        log(f"{store.path}: leaving out {int((mapped < 0).sum())} unlabelled row(s)")
+    rows = np.flatnonzero(mapped >= 0)
     # One contiguous read, then select: much faster than h5py's fancy indexing; heads need it all in memory.
     try:
         X = np.asarray(store.features[:], dtype=np.float32)
@@ -120,9 +130,9 @@ def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[st
         raise FeatxError(f"{store.path} is damaged: its features cannot be read ({' '.join(str(error).split())}); "
                          "recreate it with `featx extract`") from None
     X = _finite(X, store.path)
-    every = Rows.of(X, mapped, store.paths if len(store.paths) == len(labels) else None, aug=store.aug,
+    every = Rows.of(X, mapped, store.paths if len(store.paths) == len(mapped) else None, aug=store.aug,
                     root=store.dataset_root, source=str(store.path))
-    return every if len(rows) == len(labels) else every.subset(rows)
+    return every if len(rows) == len(mapped) else every.subset(rows)
 
 
 def read_fused(stores: Sequence[FeatureStore], class_names: Sequence[str], log: Callable[[str], object]) -> Rows:

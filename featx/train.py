@@ -36,7 +36,16 @@ from featx.heads import (
 from featx.recipe import DECODE_KEYS, Recipe, mismatch
 from featx.recipe import summary as recipe_summary
 from featx.report import ReportData, ReportResult, build_report, leaderboard_table, save_confusion_png
-from featx.rows import Rows, class_order, grouped_train_test_split, mapped_labels, read_fused, smallest_class
+from featx.rows import (
+    Rows,
+    as_paths,
+    class_order,
+    grouped_train_test_split,
+    mapped_labels,
+    output_stem,
+    read_fused,
+    smallest_class,
+)
 from featx.scoring import METRICS, best_head, details, score_row
 from featx.store import FeatureStore, check_compatible
 
@@ -317,16 +326,6 @@ def train_streamed(features: Path, *, test: Path | None, test_size: float, class
 
 # ----------------------------------------------------------------------------------------------
 # loading and checking the data
-
-
-def as_paths(files) -> list[Path]:
-    """One path or several, as a list of paths."""
-    return [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
-
-
-def output_stem(files: list[Path]) -> str:
-    """The name outputs are saved under: the file's stem, or the fused files' stems joined by '+'."""
-    return "+".join(f.stem for f in files)
 
 
 def check_options(*, metric, folds, test, test_size) -> None:

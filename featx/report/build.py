@@ -23,7 +23,7 @@ from featx.report.label_issues import (
     write_label_issues_csv,
 )
 from featx.report.page import FeatureMap, Predictions, ReportData, write_report_page
-from featx.rows import Rows, read_fused
+from featx.rows import Rows, as_paths, output_stem, read_fused
 from featx.store import FeatureStore
 
 __all__ = ["ReportResult", "build_report", "report"]
@@ -211,11 +211,11 @@ def report(bundle_path, features_path, *, output=None, folds: int = 5, seed: int
     features_path: a feature file, or for a head trained on fused files, one file per recipe in the
     order trained (as for `featx evaluate`). The head predicts every original image (the confusion
     matrix); label issues are searched out-of-fold on the same rows. Writes `<stem>-report.html` and
-    `-label-issues.csv` beside the bundle, or into `output` (a folder or an .html path); a fused
-    stem joins the files' stems with '+', as `featx train` names fused outputs.
+    `-label-issues.csv` beside the bundle, or into `output` (a folder or an .html path), named by
+    `rows.output_stem` as `featx train` names its outputs.
     """
     bundle = load_bundle(bundle_path)
-    files = [Path(features_path)] if isinstance(features_path, (str, Path)) else [Path(f) for f in features_path]
+    files = as_paths(features_path)
     with ExitStack() as stack:
         stores = [stack.enter_context(FeatureStore(f)) for f in files]
         bundle.check_features(stores)
@@ -239,7 +239,7 @@ def report(bundle_path, features_path, *, output=None, folds: int = 5, seed: int
         metric=str(bundle.extra.get("metric") or "accuracy"), recipe=_recipe_shown(bundle.recipes),
         notes=notes + [f"Leaderboard: the scores recorded in {Path(bundle_path).name} when it was trained."],
     )
-    page, csv_path = _report_paths(Path(bundle_path), "+".join(f.stem for f in files), output)
+    page, csv_path = _report_paths(Path(bundle_path), output_stem(files), output)
     result = build_report(page, bundle.head, summary, rows, rows, issues_csv=csv_path, folds=folds, seed=seed, log=log)
     log(str(result))
     return result
