@@ -149,12 +149,18 @@ def test_cmyk_jpeg_comes_out_rgb(tmp_path):
     assert loaded[..., 0].min() > 240 and loaded[..., 1:].max() < 15
 
 
-def test_exif_orientation_6_rotates_clockwise(tmp_path):
-    image = np.zeros((20, 40, 3), np.uint8)  # wide
-    image[:8, :8] = RED  # top-left corner
+def wide_jpeg_turned_by_exif(path, height, width, corner):
+    """A wide JPEG, red in its top-left corner x corner pixels, whose EXIF says: turn 90 degrees clockwise (6)."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:corner, :corner] = RED
     ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 100])
-    path = tmp_path / "rotated.jpg"
+    assert ok
     path.write_bytes(with_exif_orientation(jpeg.tobytes(), 6))
+    return path
+
+
+def test_exif_orientation_6_rotates_clockwise(tmp_path):
+    path = wide_jpeg_turned_by_exif(tmp_path / "rotated.jpg", 20, 40, corner=8)
     loaded = load_image(path)
     assert loaded.shape == (40, 20, 3)  # tall now
     assert loaded[2, -3, 0] > 200 and loaded[2, 2, 0] < 50  # top-left went to top-right
@@ -174,11 +180,7 @@ def test_a_jpeg_decodes_reduced_never_below_the_size_asked(tmp_path, reduce_to, 
 
 
 def test_reduced_decoding_keeps_exif_orientation(tmp_path):
-    image = np.zeros((400, 800, 3), np.uint8)  # wide
-    image[:100, :100] = RED  # top-left corner
-    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 100])
-    path = tmp_path / "rotated.jpg"
-    path.write_bytes(with_exif_orientation(jpeg.tobytes(), 6))
+    path = wide_jpeg_turned_by_exif(tmp_path / "rotated.jpg", 400, 800, corner=100)
     loaded = load_image(path, reduce_to=100)
     assert loaded.shape == (200, 100, 3)  # a quarter, then turned tall
     assert loaded[5, -5, 0] > 200 and loaded[5, 5, 0] < 50  # top-left went to top-right
