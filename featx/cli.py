@@ -12,6 +12,7 @@ import sys
 
 from featx import __version__  # featx/__init__ also quiets TensorFlow's C++ logging
 from featx.errors import FeatxError
+from featx.recipe import DECODE_CHOICES  # standard library only: the command still starts fast
 
 
 def _cmd_info(args):
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", help="pool this intermediate layer instead of the last")
     s.add_argument("--image-size", type=int, help="input side in pixels (default: the backbone's)")
     s.add_argument("--crop", action="store_true", help="keep aspect ratio: resize shorter side, center crop")
-    s.add_argument("--decode", choices=["reduced", "full"], default="reduced",
+    s.add_argument("--decode", choices=DECODE_CHOICES, default="reduced",
                    help="reduced (default): decode JPEGs at least 2x the input size at 1/2, 1/4 or 1/8 scale "
                         "(much faster on camera photos, never below the input size); full: every pixel")
     s.add_argument("--batch-size", type=int, default=32)
