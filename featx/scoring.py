@@ -9,7 +9,8 @@ from functools import partial
 import numpy as np
 from sklearn.metrics import classification_report
 
-from featx.report import (
+from featx.metrics import (
+    METRICS,
     accuracy,
     bootstrap_ci,
     confusion_matrix,
@@ -19,8 +20,6 @@ from featx.report import (
 )
 
 __all__ = ["METRICS", "best_head", "best_index", "details", "score_row"]
-
-METRICS = ("accuracy", "f1_macro", "qwk")
 
 
 def score_row(y_true, y_pred, *, n_classes: int, with_qwk: bool, bootstrap: int = 1000, seed: int = 0) -> dict:

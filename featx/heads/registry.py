@@ -18,10 +18,10 @@ from featx.heads.mlp import MLPHead
 from featx.heads.ordinal import OrdinalThresholds, RoundedRegression
 from featx.heads.search import PathSearchCV
 from featx.heads.streaming import SGDHead
+from featx.metrics import METRICS
 
 HEAD_NAMES = ("logreg", "svm", "svm-rbf", "ridge", "ordinal", "mlp", "sgd")
 ORDINAL_HEAD_NAMES = ("ridge", "ordinal")
-METRICS = ("accuracy", "f1_macro", "qwk")
 # No head trains on fewer source images per class than this, whatever its splits allow.
 MIN_TRAIN_IMAGES_PER_CLASS = 3
 

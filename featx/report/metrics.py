@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from featx.atomic import atomic_output
-from featx.heads import quadratic_weighted_kappa
+from featx.metrics import (
+    accuracy,
+    bootstrap_ci,
+    confusion_matrix,
+    confusion_text,
+    f1_macro,
+    quadratic_weighted_kappa,
+)
 
 __all__ = [
     "accuracy",
@@ -27,14 +34,6 @@ __all__ = [
 _METRIC_COLUMNS = (("accuracy", "accuracy"), ("f1_macro", "macro F1"), ("qwk", "QWK"))
 
 
-def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
-    """Counts of (true, predicted) label indices in 0..n_classes-1; rows are the true class."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    flat = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes)
-    return flat.reshape(n_classes, n_classes)
-
-
 def per_class_scores(cm) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support of each class from a confusion matrix (0 where undefined, as sklearn)."""
     cm = np.asarray(cm, dtype=float)
@@ -45,49 +44,6 @@ def per_class_scores(cm) -> dict[str, np.ndarray]:
     total = precision + recall
     f1 = np.divide(2 * precision * recall, total, out=np.zeros(len(hits)), where=total > 0)
     return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
-
-
-def accuracy(y_true, y_pred) -> float:
-    """Fraction of predictions equal to the truth."""
-    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
-
-
-def f1_macro(y_true, y_pred, labels: Sequence[int] | None = None) -> float:
-    """Unweighted mean of per-class F1 over `labels` (default: every label in y_true or y_pred).
-
-    Written with numpy because the bootstrap calls it a thousand times per head; it matches
-    `sklearn.metrics.f1_score(average="macro", labels=labels, zero_division=0)`.
-    """
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    if labels is None:
-        labels = np.union1d(y_true, y_pred)
-    labels = np.asarray(labels)
-    hits = y_true[:, None] == labels[None, :]
-    calls = y_pred[:, None] == labels[None, :]
-    true_pos = np.sum(hits & calls, axis=0)
-    denominator = hits.sum(axis=0) + calls.sum(axis=0)
-    per_class = np.divide(2 * true_pos, denominator, out=np.zeros(len(labels)), where=denominator > 0)
-    return float(per_class.mean())
-
-
-def bootstrap_ci(
-    y_true, y_pred, metric_fn: Callable[[np.ndarray, np.ndarray], float], n: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile interval of `metric_fn` over `n` seeded resamples of the rows (with replacement)."""
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    if n <= 0 or len(y_true) == 0:
-        value = float(metric_fn(y_true, y_pred)) if len(y_true) else float("nan")
-        return value, value
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(y_true), size=(n, len(y_true)))
-    scores = np.array([metric_fn(y_true[take], y_pred[take]) for take in rows], dtype=float)
-    scores = scores[np.isfinite(scores)]
-    if len(scores) == 0:
-        return float("nan"), float("nan")
-    low, high = np.percentile(scores, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def _format_number(value) -> str:
@@ -160,21 +116,6 @@ def leaderboard_table(rows: Sequence[dict]) -> str:
 
 def _format_seconds(seconds) -> str:
     return "-" if seconds is None else f"{float(seconds):.2f}"
-
-
-def confusion_text(cm, names: Sequence[str]) -> str:
-    """The confusion matrix as an aligned table: rows are the true class, columns the prediction."""
-    cm = np.asarray(cm)
-    names = [str(name) for name in names]
-    corner = "true \\ predicted"
-    first_width = max([len(corner)] + [len(name) for name in names])
-    widths = [max(len(name), len(str(cm[:, j].max())) if cm.size else 1) for j, name in enumerate(names)]
-    header = corner.ljust(first_width) + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))
-    lines = [header.rstrip()]
-    for i, name in enumerate(names):
-        counts = "  ".join(str(count).rjust(w) for count, w in zip(cm[i], widths))
-        lines.append(name.ljust(first_width) + "  " + counts)
-    return "\n".join(lines)
 
 
 def save_confusion_png(cm, names: Sequence[str], path: str | Path, *, title: str | None = None) -> Path:

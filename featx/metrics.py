@@ -1,0 +1,134 @@
+"""The metrics featx scores heads by: their names, their math, bootstrap intervals and confusion matrices.
+
+Low in the import graph (numpy only) so that scoring a prediction never loads the report, the heads or
+the backbones; the report, the heads' searches and the leaderboard all import the math from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "METRICS",
+    "accuracy",
+    "bootstrap_ci",
+    "confusion_matrix",
+    "confusion_text",
+    "f1_macro",
+    "quadratic_weighted_kappa",
+    "qwk_from_grades",
+]
+
+# The test metrics of a leaderboard row, in display order; the one list every option (--metric) and check uses.
+METRICS = ("accuracy", "f1_macro", "qwk")
+
+
+def accuracy(y_true, y_pred) -> float:
+    """Fraction of predictions equal to the truth."""
+    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+
+
+def f1_macro(y_true, y_pred, labels: Sequence[int] | None = None) -> float:
+    """Unweighted mean of per-class F1 over `labels` (default: every label in y_true or y_pred).
+
+    Written with numpy because the bootstrap calls it a thousand times per head; it matches
+    `sklearn.metrics.f1_score(average="macro", labels=labels, zero_division=0)`.
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if labels is None:
+        labels = np.union1d(y_true, y_pred)
+    labels = np.asarray(labels)
+    hits = y_true[:, None] == labels[None, :]
+    calls = y_pred[:, None] == labels[None, :]
+    true_pos = np.sum(hits & calls, axis=0)
+    denominator = hits.sum(axis=0) + calls.sum(axis=0)
+    per_class = np.divide(2 * true_pos, denominator, out=np.zeros(len(labels)), where=denominator > 0)
+    return float(per_class.mean())
+
+
+def quadratic_weighted_kappa(y_true, y_pred, *, labels=None) -> float:
+    """Cohen's kappa with quadratic weights; `labels` gives the grade order (default: sorted).
+
+    Equals ``sklearn.metrics.cohen_kappa_score(y_true, y_pred, weights="quadratic")``,
+    except that perfect agreement on a single grade scores 1.0 instead of nan.
+    """
+    y_true = np.asarray(y_true).ravel()
+    y_pred = np.asarray(y_pred).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length ({len(y_true)} vs {len(y_pred)}).")
+    if labels is None:
+        labels = np.union1d(y_true, y_pred)
+    labels = np.asarray(labels)
+    grade_of = {label: grade for grade, label in enumerate(labels.tolist())}
+    try:
+        true_grades = np.array([grade_of[v] for v in y_true.tolist()], dtype=np.intp)
+        pred_grades = np.array([grade_of[v] for v in y_pred.tolist()], dtype=np.intp)
+    except KeyError as missing:
+        raise ValueError(f"Label {missing} is not in labels {labels.tolist()}.") from None
+    return qwk_from_grades(true_grades, pred_grades, len(labels))
+
+
+def qwk_from_grades(true_grades, pred_grades, n_grades: int) -> float:
+    """Quadratic weighted kappa of integer grades in [0, n_grades); fast enough for search loops."""
+    n_grades = max(int(n_grades), 1)
+    if len(true_grades) == 0:
+        return 0.0
+    observed = np.bincount(
+        true_grades * n_grades + pred_grades, minlength=n_grades * n_grades
+    ).reshape(n_grades, n_grades)
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
+    grades = np.arange(n_grades)
+    weights = (grades[:, None] - grades[None, :]) ** 2
+    expected_disagreement = (weights * expected).sum()
+    if expected_disagreement == 0:
+        # Both sides constant on the same grade: perfect agreement, which
+        # cohen_kappa_score reports as nan (0/0).
+        return 1.0
+    return float(1.0 - (weights * observed).sum() / expected_disagreement)
+
+
+def bootstrap_ci(
+    y_true, y_pred, metric_fn: Callable[[np.ndarray, np.ndarray], float], n: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of `metric_fn` over `n` seeded resamples of the rows (with replacement)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if n <= 0 or len(y_true) == 0:
+        value = float(metric_fn(y_true, y_pred)) if len(y_true) else float("nan")
+        return value, value
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(y_true), size=(n, len(y_true)))
+    scores = np.array([metric_fn(y_true[take], y_pred[take]) for take in rows], dtype=float)
+    scores = scores[np.isfinite(scores)]
+    if len(scores) == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return float(low), float(high)
+
+
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) label indices in 0..n_classes-1; rows are the true class."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    flat = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes)
+    return flat.reshape(n_classes, n_classes)
+
+
+def confusion_text(cm, names: Sequence[str]) -> str:
+    """The confusion matrix as an aligned table: rows are the true class, columns the prediction."""
+    cm = np.asarray(cm)
+    names = [str(name) for name in names]
+    corner = "true \\ predicted"
+    first_width = max([len(corner)] + [len(name) for name in names])
+    widths = [max(len(name), len(str(cm[:, j].max())) if cm.size else 1) for j, name in enumerate(names)]
+    header = corner.ljust(first_width) + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))
+    lines = [header.rstrip()]
+    for i, name in enumerate(names):
+        counts = "  ".join(str(count).rjust(w) for count, w in zip(cm[i], widths))
+        lines.append(name.ljust(first_width) + "  " + counts)
+    return "\n".join(lines)
