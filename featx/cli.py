@@ -11,6 +11,7 @@ import logging
 import sys
 
 from featx import __version__  # featx/__init__ also quiets TensorFlow's C++ logging
+from featx.choices import METRICS, heads_help  # standard library only, like recipe
 from featx.errors import FeatxError
 from featx.recipe import DECODE_CHOICES  # standard library only: the command still starts fast
 
@@ -99,11 +100,10 @@ def _stage2_options(s) -> None:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--test", nargs="+", help="feature file(s) to test on, one per training file (e.g. x-val.h5)")
     g.add_argument("--test-size", type=float, default=0.25, help="held-out fraction (default 0.25)")
-    s.add_argument("--heads", default="logreg", help="comma-separated: logreg,svm,svm-rbf,ridge,ordinal,mlp,sgd or all "
-                   "(sgd alone streams files larger than memory)")
+    s.add_argument("--heads", default="logreg", help=heads_help())
     s.add_argument("--folds", type=int, help="K fold models whose probabilities are averaged")
     s.add_argument("--class-weight", choices=["balanced"])
-    s.add_argument("--metric", default="accuracy", choices=["accuracy", "f1_macro", "qwk"])
+    s.add_argument("--metric", default="accuracy", choices=METRICS)
     s.add_argument("--ordinal", action="store_true", help="treat classes as ordered grades")
     s.add_argument("-j", "--n-jobs", "--jobs", dest="n_jobs", type=int, help="parallel fits (default: all cores)")
     s.add_argument("--seed", type=int, default=0)

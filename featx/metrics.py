@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from featx.choices import METRICS
+
 __all__ = [
     "METRICS",
     "accuracy",
@@ -20,10 +22,6 @@ __all__ = [
     "quadratic_weighted_kappa",
     "qwk_from_grades",
 ]
-
-# The test metrics of a leaderboard row, in display order; the one list every option (--metric) and check uses.
-METRICS = ("accuracy", "f1_macro", "qwk")
-
 
 def accuracy(y_true, y_pred) -> float:
     """Fraction of predictions equal to the truth."""

@@ -9,6 +9,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from featx.choices import HEAD_NAMES, METRICS, ORDINAL_HEAD_NAMES
 from featx.errors import FeatxError
 from featx.heads._validation import nested_splits
 from featx.heads.ensemble import FoldEnsemble
@@ -18,10 +19,7 @@ from featx.heads.mlp import MLPHead
 from featx.heads.ordinal import OrdinalThresholds, RoundedRegression
 from featx.heads.search import PathSearchCV
 from featx.heads.streaming import SGDHead
-from featx.metrics import METRICS
 
-HEAD_NAMES = ("logreg", "svm", "svm-rbf", "ridge", "ordinal", "mlp", "sgd")
-ORDINAL_HEAD_NAMES = ("ridge", "ordinal")
 # No head trains on fewer source images per class than this, whatever its splits allow.
 MIN_TRAIN_IMAGES_PER_CLASS = 3
 
@@ -78,36 +76,55 @@ def make_head(name, *, n_classes, metric="accuracy", class_weight=None, folds=No
 
 
 def _head(name, metric, class_weight, search, seed):
-    if name == "logreg":
-        # On a few hundred rows, 3-fold accuracy ties across many C and the first (strongest
-        # regularisation) wins, leaving probabilities near 0.5 for clear cases. Log loss is a proper
-        # scoring rule: it picks C by how good the probabilities are. Accuracy is reported.
-        scoring = "neg_log_loss" if metric == "accuracy" else metric
-        return _logreg_search(class_weight, search, scoring=scoring, report=metric)
-    if name == "svm":
-        svm = make_pipeline(StandardScaler(), _rotation(), LinearSVM(class_weight=class_weight))
-        return PathSearchCV(svm, "C", SVM_C_GRID, scoring=metric, calibration="logistic", patience=PATIENCE,
-                            **search)
-    if name == "svm-rbf":
-        # Kernel SVC costs O(N^2) kernel evaluations outside BLAS per fit (hours on 10,000 rows with its
-        # search); the same kernel approximated by RBF features is a linear SVM on 1,000 columns.
-        # The kernel is rotation-invariant; rotated rows give its linear columns principal axes.
-        features = RBFFeatures(n_components=RBF_COMPONENTS, seed=seed)
-        svm = make_pipeline(StandardScaler(), _rotation(), features, LinearSVM(class_weight=class_weight, tol=RBF_TOL))
-        return PathSearchCV(svm, "C", SVM_RBF_C_GRID, scoring=metric, calibration="logistic", patience=PATIENCE,
-                            **search)
-    if name == "ridge":
-        return RoundedRegression(class_weight=class_weight)
-    if name == "sgd":
-        # The out-of-core head (featx.heads.streaming): its held-out log loss chooses C, whatever the metric.
-        return SGDHead(class_weight=class_weight, n_jobs=search["n_jobs"], seed=seed)
-    if name == "ordinal":
-        # Expected grades need calibrated probabilities, so C is chosen by log loss here; the
-        # thresholds are set on the search's own out-of-fold probabilities at that C.
-        return OrdinalThresholds(
-            estimator=_logreg_search(class_weight, search, scoring="neg_log_loss"), cv="search", seed=seed
-        )
+    return _BUILDERS[name](metric=metric, class_weight=class_weight, search=search, seed=seed)
+
+
+def _logreg(*, metric, class_weight, search, seed):
+    # On a few hundred rows, 3-fold accuracy ties across many C and the first (strongest
+    # regularisation) wins, leaving probabilities near 0.5 for clear cases. Log loss is a proper
+    # scoring rule: it picks C by how good the probabilities are. Accuracy is reported.
+    scoring = "neg_log_loss" if metric == "accuracy" else metric
+    return _logreg_search(class_weight, search, scoring=scoring, report=metric)
+
+
+def _svm(*, metric, class_weight, search, seed):
+    svm = make_pipeline(StandardScaler(), _rotation(), LinearSVM(class_weight=class_weight))
+    return PathSearchCV(svm, "C", SVM_C_GRID, scoring=metric, calibration="logistic", patience=PATIENCE, **search)
+
+
+def _svm_rbf(*, metric, class_weight, search, seed):
+    # Kernel SVC costs O(N^2) kernel evaluations outside BLAS per fit (hours on 10,000 rows with its
+    # search); the same kernel approximated by RBF features is a linear SVM on 1,000 columns.
+    # The kernel is rotation-invariant; rotated rows give its linear columns principal axes.
+    features = RBFFeatures(n_components=RBF_COMPONENTS, seed=seed)
+    svm = make_pipeline(StandardScaler(), _rotation(), features, LinearSVM(class_weight=class_weight, tol=RBF_TOL))
+    return PathSearchCV(svm, "C", SVM_RBF_C_GRID, scoring=metric, calibration="logistic", patience=PATIENCE,
+                        **search)
+
+
+def _ridge(*, metric, class_weight, search, seed):
+    return RoundedRegression(class_weight=class_weight)
+
+
+def _ordinal(*, metric, class_weight, search, seed):
+    # Expected grades need calibrated probabilities, so C is chosen by log loss here; the
+    # thresholds are set on the search's own out-of-fold probabilities at that C.
+    return OrdinalThresholds(estimator=_logreg_search(class_weight, search, scoring="neg_log_loss"), cv="search",
+                             seed=seed)
+
+
+def _mlp(*, metric, class_weight, search, seed):
     return MLPHead(class_weight=class_weight, seed=seed)
+
+
+def _sgd(*, metric, class_weight, search, seed):
+    # The out-of-core head (featx.heads.streaming): its held-out log loss chooses C, whatever the metric.
+    return SGDHead(class_weight=class_weight, n_jobs=search["n_jobs"], seed=seed)
+
+
+# How each head of featx.choices.HEADS is built (tests/test_heads.py builds every name).
+_BUILDERS = {"logreg": _logreg, "svm": _svm, "svm-rbf": _svm_rbf, "ridge": _ridge, "ordinal": _ordinal, "mlp": _mlp,
+             "sgd": _sgd}
 
 
 def _rotation():
