@@ -28,6 +28,8 @@ _PUBLIC = {
     "train": "featx.train",
     "evaluate": "featx.evaluate",
     "predict": "featx.predict",
+    "audit": "featx.audit",
+    "finetune": "featx.finetune",
     "FeatureStore": "featx.store",
     "HDF5DatasetWriter": "featx.store",
     "load_bundle": "featx.bundle",

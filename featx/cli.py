@@ -58,6 +58,18 @@ def _cmd_train(args):
     print(train(args.features, engine=args.engine, address=args.address, **_stage2_kwargs(args)))
 
 
+def _cmd_finetune(args):
+    from featx.finetune import finetune
+
+    print(finetune(
+        args.dataset, backbone=args.backbone, weights=args.weights, train_from=args.train_from, epochs=args.epochs,
+        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, patience=args.patience,
+        batch_size=args.batch_size, class_weight=args.class_weight, image_size=args.image_size,
+        val_size=args.val_size, seed=args.seed, features=args.features, output=args.output, runtime=args.runtime,
+        overwrite=args.overwrite, progress=not args.quiet,
+    ))
+
+
 def _cmd_compare(args):
     from featx.compare import compare
 
@@ -81,6 +93,13 @@ def _cmd_predict(args):
 
     result = predict(args.bundle, args.images, output=args.output, batch_size=args.batch_size, runtime=args.runtime)
     print(result)
+
+
+def _cmd_audit(args):
+    from featx.audit import audit
+
+    chosen = {name: getattr(args, name) for name in ("threshold", "neighbors") if getattr(args, name) is not None}
+    print(audit(args.files, args.output, page=not args.no_page, **chosen))
 
 
 def _cmd_demo(args):
@@ -174,6 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start Ray here)")
     s.set_defaults(func=_cmd_train)
 
+    s = sub.add_parser("finetune", help="linear probe, then fine-tune the top of a backbone from its cached maps")
+    s.add_argument("dataset", help="folder of class folders, or train/ and val/ (and test/) split folders")
+    s.add_argument("--backbone", default="efficientnet_lite0")
+    s.add_argument("--weights", default="auto", help="auto (offline ImageNet weights), none (random), or FILE")
+    s.add_argument("--train-from", metavar="LAYER",
+                   help="cut layer: train the layers above it (default per backbone; 'input' trains every layer)")
+    s.add_argument("--epochs", type=int, default=8, help="most epochs (default 8; early stopping on val)")
+    s.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (default 3e-4)")
+    s.add_argument("--warmup", type=float, default=0.5, help="epochs of warm-up before the cosine decay (default 0.5)")
+    s.add_argument("--weight-decay", type=float, default=1e-4)
+    s.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better val score")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--class-weight", choices=["balanced"])
+    s.add_argument("--image-size", type=int, help="input side in pixels (default: the backbone's)")
+    s.add_argument("--val-size", type=float, default=0.2, help="hold-out fraction without a val/ folder (default 0.2)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--features", default="features", help="folder for the cached maps (default: features/)")
+    s.add_argument("-o", "--output", default="models", help="folder for the weights file and bundles (default: models/)")
+    _runtime_option(s)
+    s.add_argument("--overwrite", action="store_true", help="start training over (maps with the same recipe are kept)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar while caching maps")
+    s.set_defaults(func=_cmd_finetune)
+
     s = sub.add_parser("compare", help="the same heads on each feature file and on their fusion: the best recipe")
     s.add_argument("features", nargs="+", help="feature files of the same images (other backbones or recipes)")
     _stage2_options(s)
@@ -199,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     _runtime_option(s)
     s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("audit", help="near-duplicates, subjects in several splits and outliers in feature files")
+    s.add_argument("files", nargs="+", metavar="FILE", help="feature files of one recipe (e.g. x-train.h5 x-val.h5)")
+    s.add_argument("-o", "--output", default="audit", help="folder for the CSVs, summary and page (default: audit/)")
+    s.add_argument("--threshold", type=float,
+                   help="cosine of standardised features from which two images are near-duplicates (default 0.6)")
+    s.add_argument("--neighbors", type=int, help="nearest images looked at per image (default 10)")
+    s.add_argument("--no-page", action="store_true", help="skip the HTML page of thumbnails")
+    s.set_defaults(func=_cmd_audit)
 
     s = sub.add_parser("info", help="describe a feature file")
     s.add_argument("files", nargs="+", metavar="FILE")

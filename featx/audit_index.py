@@ -1,0 +1,70 @@
+"""Cosine neighbours with faiss: the index that `featx audit` and the kNN head search.
+
+Rows are unit vectors, so inner product is cosine similarity. Small sets are searched exactly
+(IndexFlatIP, queried in chunks). Large ones are reduced by PCA and searched with an inverted file
+(IndexIVFFlat), which is built chunk by chunk and keeps memory bounded; the audit re-scores its
+candidates exactly. Measured against hnswlib in bench/audit.py (`index`): faiss IVF built and searched
+100,000 rows faster at the same recall, and faiss alone also offers the exact search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from featx.cores import usable_cores
+
+# faiss's inverted lists: about 4 sqrt(N) cells, each query visits this many of them. Near-duplicates
+# sit in the same or a neighbouring cell; bench/audit.py (`index`) measures the recall against exact search.
+IVF_PROBES = 16
+IVF_TRAIN_ROWS = 50_000
+
+
+def faiss():
+    import faiss as _faiss
+
+    _faiss.omp_set_num_threads(usable_cores())
+    return _faiss
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 as float32 (all-zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.float32(1e-12))
+
+
+def flat_index(rows: np.ndarray):
+    """An exact inner-product index holding `rows` (unit float32 rows)."""
+    index = faiss().IndexFlatIP(rows.shape[1])
+    index.add(np.ascontiguousarray(rows, dtype=np.float32))
+    return index
+
+
+def ivf_index(train_rows: np.ndarray, n_rows: int):
+    """An empty inverted-file index for about `n_rows` rows, its cells trained on `train_rows`."""
+    f = faiss()
+    dim = train_rows.shape[1]
+    cells = int(min(max(16, 4 * np.sqrt(n_rows)), max(16, len(train_rows) // 8)))
+    index = f.IndexIVFFlat(f.IndexFlatIP(dim), dim, cells, f.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(train_rows, dtype=np.float32))
+    index.nprobe = min(IVF_PROBES, cells)
+    # Rows come back by number (reconstruct_n) to be queried, so the caller keeps no copy of them.
+    index.make_direct_map()
+    return index
+
+
+def search(index, queries: np.ndarray, k: int, chunk_rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, neighbour numbers) of the `k` nearest rows of each query, best first; -1 when fewer."""
+    k = int(min(k, index.ntotal))
+    sims = np.empty((len(queries), k), dtype=np.float32)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk_rows):
+        part = np.ascontiguousarray(queries[start:start + chunk_rows], dtype=np.float32)
+        sims[start:start + len(part)], ids[start:start + len(part)] = index.search(part, k)
+    return sims, ids
+
+
+def principal_axes(sample: np.ndarray, dim: int) -> np.ndarray:
+    """The `dim` leading principal axes (rows) of `sample`, which is already centred."""
+    _, _, vt = np.linalg.svd(np.asarray(sample, dtype=np.float32), full_matrices=False)
+    return vt[:dim]
