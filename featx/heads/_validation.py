@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 
 import numpy as np
+import sklearn.model_selection
 from sklearn.model_selection import (
     GroupKFold,
     GroupShuffleSplit,
@@ -12,10 +14,9 @@ from sklearn.model_selection import (
     LeavePGroupsOut,
     StratifiedGroupKFold,
 )
-from sklearn.model_selection._search import BaseSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
-from sklearn.utils.validation import has_fit_parameter
+from sklearn.utils.validation import check_array, has_fit_parameter
 
 
 def encode_classes(y):
@@ -27,6 +28,25 @@ def encode_classes(y):
             f"This head needs at least 2 classes in y to learn from; got 1 class: {classes[0]!r}."
         )
     return classes, np.searchsorted(classes, y)
+
+
+def check_sample_weight(sample_weight, X, dtype=None):
+    """Row weights as a 1-D array of len(X): ones for None, a number repeated, or the given array checked.
+
+    scikit-learn's own helper for this is private; dtype None keeps X's float type (else float64).
+    """
+    if dtype is None:
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+    n_rows = X.shape[0]
+    if sample_weight is None or isinstance(sample_weight, numbers.Number):
+        weights = np.full(n_rows, 1 if sample_weight is None else sample_weight, dtype=dtype)
+    else:
+        weights = check_array(sample_weight, ensure_2d=False, dtype=dtype, order="C", input_name="sample_weight")
+        if weights.shape != (n_rows,):
+            raise ValueError(f"sample_weight.shape == {weights.shape}, expected {(n_rows,)}.")
+    if not np.any(weights):
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    return weights
 
 
 def fit_with_sample_weight(estimator, X, y, sample_weight=None):
@@ -54,6 +74,16 @@ def fit_with_sample_weight(estimator, X, y, sample_weight=None):
 _GROUP_SPLITTERS = (GroupKFold, GroupShuffleSplit, LeaveOneGroupOut, LeavePGroupsOut, StratifiedGroupKFold)
 
 
+def require_groups(splitter, groups):
+    """`splitter`, refused when it splits by group and no groups came (scikit-learn 1.6 would split anyway)."""
+    if groups is None and isinstance(splitter, _GROUP_SPLITTERS):
+        raise ValueError(
+            f"{type(splitter).__name__} splits by group: pass groups to fit, one id per row "
+            "(e.g. the image each row came from)."
+        )
+    return splitter
+
+
 def group_splitter(cv, seed=0):
     """A group-aware version of a search's `cv`: StratifiedGroupKFold with as many splits.
 
@@ -68,9 +98,21 @@ def group_splitter(cv, seed=0):
     )
 
 
+# scikit-learn's searches; their common base class is private. The halving ones exist only once the
+# user has enabled them (sklearn.experimental), so they are looked up when asked, not at import.
+_SEARCH_NAMES = ("GridSearchCV", "RandomizedSearchCV", "HalvingGridSearchCV", "HalvingRandomSearchCV")
+
+
+def is_search(estimator) -> bool:
+    """True for scikit-learn's hyper-parameter searches (a `cv` that splits, and groups passed to it)."""
+    searches = tuple(getattr(sklearn.model_selection, name) for name in _SEARCH_NAMES
+                     if hasattr(sklearn.model_selection, name))
+    return isinstance(estimator, searches)
+
+
 def takes_groups(estimator) -> bool:
     """True for searches (their splitter takes groups) and estimators whose fit names `groups`."""
-    return isinstance(estimator, BaseSearchCV) or "groups" in inspect.signature(estimator.fit).parameters
+    return is_search(estimator) or "groups" in inspect.signature(estimator.fit).parameters
 
 
 def fit_grouped(estimator, X, y, groups=None, seed=0):
@@ -86,7 +128,7 @@ def fit_grouped(estimator, X, y, groups=None, seed=0):
 
 def with_group_cv(estimator, seed=0):
     """`estimator` with a search's cv made group-aware (set on it: pass a clone); others as they are."""
-    if isinstance(estimator, BaseSearchCV):
+    if is_search(estimator):
         estimator.set_params(cv=group_splitter(estimator.cv, seed))
     return estimator
 

@@ -15,9 +15,9 @@ from scipy.special import log_softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.utils.class_weight import compute_sample_weight
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featx.heads._validation import encode_classes
+from featx.heads._validation import check_sample_weight, encode_classes
 
 
 class Rotation(TransformerMixin, BaseEstimator):
@@ -60,7 +60,7 @@ class _LinearClassifier(ClassifierMixin, BaseEstimator):
         if not self.C > 0:
             raise ValueError(f"C must be positive; got {self.C}.")
         classes, labels = encode_classes(y)
-        weights = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        weights = check_sample_weight(sample_weight, X, dtype=np.float64)
         if self.class_weight is not None:
             weights = weights * compute_sample_weight(self.class_weight, y)
         n_classes, n_features = len(classes), X.shape[1]

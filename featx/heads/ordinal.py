@@ -13,17 +13,15 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, check
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_is_fitted,
-    validate_data,
-)
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.heads._validation import (
+    check_sample_weight,
     encode_classes,
     fit_grouped,
     fit_with_sample_weight,
     nested_splits,
+    require_groups,
     takes_groups,
     with_group_cv,
 )
@@ -157,7 +155,7 @@ class OrdinalThresholds(ClassifierMixin, BaseEstimator):
 
     def _splitter(self, grades, groups=None):
         if not isinstance(self.cv, (int, np.integer)):
-            return check_cv(self.cv, grades, classifier=True)
+            return require_groups(check_cv(self.cv, grades, classifier=True), groups)
         if groups is None:
             smallest_class = np.bincount(grades).min()
         else:
@@ -207,7 +205,7 @@ class RoundedRegression(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, y_numeric=False)
         self.classes_, grades = encode_classes(y)
         if self.class_weight is not None or sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X)
+            sample_weight = check_sample_weight(sample_weight, X)
             if self.class_weight is not None:
                 sample_weight = sample_weight * compute_sample_weight(self.class_weight, y)
         base = (

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from featx.heads._validation import check_sample_weight
 
 # Wide because pooled CNN features have 10^2..10^3 dimensions and often more dimensions than rows.
 RIDGE_ALPHAS = tuple(np.logspace(-2, 5, 15).tolist())
@@ -31,7 +33,7 @@ class RidgeLOO(RegressorMixin, BaseEstimator):
         alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
         if len(alphas) == 0 or np.any(alphas <= 0):
             raise ValueError(f"alphas must be positive and at least one; got {self.alphas!r}.")
-        weights = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        weights = check_sample_weight(sample_weight, X, dtype=np.float64)
         # Rows scaled by sqrt(weight) after weighted centring: a weight of 2 acts as a repeated row
         # in the fit (not in the leave-one-out choice, which leaves out one row, not one copy).
         x_mean = np.average(X, axis=0, weights=weights)

@@ -12,7 +12,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.heads._parallel import parallel_map
-from featx.heads._validation import encode_classes, nested_splits
+from featx.heads._validation import encode_classes, nested_splits, require_groups
 from featx.heads.metrics import SEARCH_METRICS, search_score
 
 
@@ -153,7 +153,7 @@ class PathSearchCV(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
 
     def _splitter(self, groups):
         if not isinstance(self.cv, (int, np.integer)):
-            return self.cv
+            return require_groups(self.cv, groups)
         if groups is None:
             return StratifiedKFold(n_splits=int(self.cv), shuffle=True, random_state=self.seed)
         return StratifiedGroupKFold(n_splits=int(self.cv), shuffle=True, random_state=self.seed)
