@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from featx import HDF5DatasetWriter, Recipe, __version__
+from featx.backbones.runtime import resolve_runtime
 from featx.cli import main
 
 RECIPE = Recipe(backbone="efficientnet_lite0", weights_source="none (random init, seed 0)", image_size=224,
@@ -69,7 +70,8 @@ def test_extract_then_info_through_the_cli(tmp_path, capsys):
                  "-q"])
     assert code == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[:2] == ["loaded backbone efficientnet_lite0 (weights: none; runtime: litert float32)",
+    runtime = resolve_runtime("auto")  # decided as extract decides it: LiteRT on a CPU, Keras where a GPU shows
+    assert printed[:2] == [f"loaded backbone efficientnet_lite0 (weights: none; runtime: {runtime} float32)",
                            f"{out}: 6 rows (6 new)"]
     assert printed[2].startswith("6 images in ") and "images/s): decode" in printed[2] and "inference" in printed[2]
     assert main(["info", str(out)]) == 0

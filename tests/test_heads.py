@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
+from featx.cores import usable_cores
 from featx.errors import FeatxError
 from featx.heads import (
     HEAD_NAMES,
@@ -564,13 +564,19 @@ class _ThreadSpy(ClassifierMixin, BaseEstimator):
     """Logs, on each fit, its thread and the BLAS thread limit it ran under."""
 
     seen = []
+    # Set by a test that expects folds in parallel: each fit then waits until a second thread has fitted
+    # too, which proves two fits ran at once (a serial search times out here and fails the test's checks).
+    second_thread = None
 
     def __init__(self, C=1.0):
         self.C = C
 
     def fit(self, X, y):
         _ThreadSpy.seen.append((threading.get_ident(), blas_threads()))
-        time.sleep(0.05)  # long enough for the folds to overlap
+        if self.second_thread is not None:
+            if len({thread for thread, _ in _ThreadSpy.seen}) > 1:
+                self.second_thread.set()
+            self.second_thread.wait(timeout=60)
         self.classes_ = np.unique(y)
         return self
 
@@ -578,11 +584,16 @@ class _ThreadSpy(ClassifierMixin, BaseEstimator):
         return np.full((len(X), len(self.classes_)), 1.0 / len(self.classes_))
 
 
+@pytest.mark.skipif(usable_cores() < 2, reason="two folds at once need two usable cores")
 def test_parallel_folds_share_the_blas_threads_out(overlapping):
     X, y = overlapping
     _ThreadSpy.seen.clear()
-    with threadpool_limits(limits=2, user_api="blas"):
-        fit_head(PathSearchCV(_ThreadSpy(), "C", [1.0, 2.0], scoring="neg_log_loss", n_jobs=2), X, y, n_jobs=2)
+    _ThreadSpy.second_thread = threading.Event()
+    try:
+        with threadpool_limits(limits=2, user_api="blas"):
+            fit_head(PathSearchCV(_ThreadSpy(), "C", [1.0, 2.0], scoring="neg_log_loss", n_jobs=2), X, y, n_jobs=2)
+    finally:
+        _ThreadSpy.second_thread = None
     fold_fits = _ThreadSpy.seen[:-1]  # the last is the refit on all rows, after the folds
     assert len({thread for thread, _ in fold_fits}) == 2  # two folds at once
     assert all(blas == 1 for _, blas in fold_fits)  # 2 threads x 1 BLAS thread each = 2 cores

@@ -4,9 +4,9 @@ sees one finished file (the old rows, or old and new), never a half-written one.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,31 +17,33 @@ from featx import FeatureStore, load_bundle
 
 REPO = str(Path(featx.__file__).resolve().parents[1])
 
-# A real `featx extract`, slowed down so that a reader meets it mid-way: each batch waits a little, and
-# so does each block the final file is assembled from, while the old file is still in place. Two marker
-# files tell the test which phase the writer is in.
-SLOW_EXTRACT = """
-import sys, time
-from pathlib import Path
+# A real `featx extract` that stops at each batch, and after each block the final file is assembled from
+# (while the old file is still in place), until the test has read the file: it names the phase on one pipe
+# and waits for a line on the other. So every phase is met by a reader, on any machine, at any load.
+PAUSING_EXTRACT = """
+import os, sys
 from featx import runner
 from featx.cli import main
 from featx.store import writer
 
-phase = Path(sys.argv[1])
+to_test, from_test = os.fdopen(int(sys.argv[1]), "w"), os.fdopen(int(sys.argv[2]))
 real_run, real_append = runner._run_backbone, writer._FinalSink.append
 
-def slow_run(*args, **kwargs):
-    phase.write_text("extracting")
-    time.sleep(0.2)
+def pause(phase):
+    to_test.write(phase + "\\n")
+    to_test.flush()
+    from_test.readline()
+
+def paused_run(*args, **kwargs):
+    pause("extracting")
     return real_run(*args, **kwargs)
 
-def slow_append(self, contents):
-    phase.write_text("assembling")
+def paused_append(self, contents):
     real_append(self, contents)
-    time.sleep(0.5)
+    pause("assembling")
 
-runner._run_backbone, writer._FinalSink.append = slow_run, slow_append
-sys.exit(main(sys.argv[2:]))
+runner._run_backbone, writer._FinalSink.append = paused_run, paused_append
+sys.exit(main(sys.argv[3:]))
 """
 
 
@@ -71,28 +73,39 @@ def test_train_reads_a_consistent_snapshot_while_extract_appends(tmp_path):
     with FeatureStore(reference_file) as store:
         reference = dict(zip(store.paths, store.features[:]))
 
-    phase = tmp_path / "phase"
-    child = subprocess.Popen([sys.executable, "-c", SLOW_EXTRACT, str(phase), *map(str, extract)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, PYTHONPATH=REPO))
+    phases_out, phases_in = os.pipe()
+    go_out, go_in = os.pipe()
+    log = tmp_path / "extract.log"
+    with open(log, "w") as log_file:
+        child = subprocess.Popen([sys.executable, "-c", PAUSING_EXTRACT, str(phases_in), str(go_out),
+                                  *map(str, extract)], pass_fds=(phases_in, go_out), stdout=log_file,
+                                 stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=REPO))
+    os.close(phases_in)
+    os.close(go_out)
     reads, trains = [], []
-    try:
-        deadline = time.monotonic() + 600
-        while child.poll() is None and time.monotonic() < deadline:
-            during = phase.read_text() if phase.exists() else "starting"
-            reads.append((during, _snapshot(out, reference)))
-            if during in ("extracting", "assembling") and sum(d == during for d, _ in trains) < 2:
-                # A whole `featx train`: it reads the file once, then fits; its bundle records what it read.
-                # Two per phase: more would only take the child's CPU on a small machine.
-                models = tmp_path / f"models-{len(trains)}"
-                code, _, stderr = run_cli("train", out, "-o", models, "-q", "--no-report")
-                assert code == 0, stderr
-                trains.append((during, load_bundle(models / "growing-logreg.skops").extra["refit_rows"]))
-            time.sleep(0.02)
-        assert child.wait(timeout=60) == 0, child.stderr.read()
-    finally:
-        if child.poll() is None:
-            child.kill()
+    with os.fdopen(phases_out) as phases, os.fdopen(go_in, "w") as go:
+        try:
+            while True:
+                # The child writes one line, then waits for ours: nothing is ever buffered ahead of select.
+                ready, _, _ = select.select([phases], [], [], 600)
+                assert ready, f"extract stopped answering:\n{log.read_text()}"
+                during = phases.readline().strip()
+                if not during:
+                    break  # the child closed its end: extract has finished
+                reads.append((during, _snapshot(out, reference)))
+                if sum(d == during for d, _ in trains) < 2:
+                    # A whole `featx train`: it reads the file once, then fits; its bundle records what it read.
+                    # Two per phase: more would only add minutes.
+                    models = tmp_path / f"models-{len(trains)}"
+                    code, _, stderr = run_cli("train", out, "-o", models, "-q", "--no-report")
+                    assert code == 0, stderr
+                    trains.append((during, load_bundle(models / "growing-logreg.skops").extra["refit_rows"]))
+                go.write("\n")
+                go.flush()
+            assert child.wait(timeout=60) == 0, log.read_text()
+        finally:
+            if child.poll() is None:
+                child.kill()
     reads.append(("finished", _snapshot(out, reference)))
     HOSTILE["concurrent readers: featx train while featx extract appends (one scenario)"] += 1
     MEASURED["concurrent readers"] = (f"{len(reads)} reads, (phase, rows) seen: {sorted(set(reads))}; trains while "
