@@ -393,3 +393,121 @@ def test_registry_names_info_and_table():
         get_backbone("vgg16", weights="none", pooling="mean")
     with pytest.raises(FeatxError, match="not found"):
         get_backbone("vgg16", weights="/no/such/file.h5")
+
+
+# ----------------------------------------------------------------------------- families, cuts, fine-tuned weights
+
+
+def test_every_backbone_belongs_to_exactly_one_family_of_the_table():
+    from featx.backbones import FAMILIES, family_of
+
+    names = list_backbones()
+    assert sorted(names) == sorted(n for family in FAMILIES for n in family.names())  # no name in two families
+    for name in names:
+        family = family_of(name)
+        assert family in FAMILIES and name in family.names()
+        assert family.info(name) == backbone_info(name)
+    assert family_of("efficientnet_lite1").family == "efficientnet_lite"
+    with pytest.raises(FeatxError, match="did you mean efficientnet_lite0"):
+        family_of("efficientnet_lit0")
+
+
+def _layer_order(model, cuts):
+    names = [layer.name for layer in model.layers]
+    return [names.index(cut) for cut in cuts]
+
+
+@pytest.mark.parametrize("name, default", [("efficientnet_lite0", "block5c_add"), ("efficientnet_lite2", "block5d_add"),
+                                           ("mobilenet_v2", "block_12_add")])
+def test_cut_layers_are_block_outputs_in_order_with_a_default_below_the_last_stages(name, default):
+    from featx.backbones import build_keras_model, cut_layers, default_cut, feature_layer
+
+    cuts = cut_layers(name)
+    model = build_keras_model(name, weights="none", image_size=64)
+    assert cuts[0] == "input" and cuts[-1] == feature_layer(name)
+    order = _layer_order(model, cuts[1:])
+    assert order == sorted(order) and len(set(order)) == len(order)
+    assert default_cut(name) == default and default in cuts
+    # Each cut separates the network: the part above it is a model of the cut's output alone
+    # (Keras refuses a graph that also needs a tensor from below the cut).
+    import keras
+
+    top_end = model.get_layer(cuts[-1]).output
+    for cut in cuts[1:-1]:
+        keras.Model(model.get_layer(cut).output, top_end)
+    with pytest.raises(ValueError):
+        keras.Model(model.get_layer(_inside_a_residual_block(model, cuts)).output, top_end)
+
+
+def _inside_a_residual_block(model, cuts):
+    """A 4-D layer right before an Add whose other input comes from further back: not a cut."""
+    names = [layer.name for layer in model.layers]
+    adds = [name for name in names if name.endswith("add")]
+    return names[names.index(adds[0]) - 1]
+
+
+def test_an_unknown_cut_is_refused_with_the_valid_ones():
+    from featx.backbones import check_cut
+
+    assert check_cut("efficientnet_lite0", "block5c_add") == "block5c_add"
+    with pytest.raises(FeatxError, match=r"no cut layer 'block9z': use one of input, stem_activation, .*block5c_add"
+                                         r", .*top_activation$") as error:
+        check_cut("efficientnet_lite0", "block9z")
+    assert "\n" not in str(error.value)
+    with pytest.raises(FeatxError, match="no layer 'block9z': use one of its cut layers, stem_activation"):
+        get_backbone("efficientnet_lite0", weights="none", image_size=64, layer="block9z", runtime="keras")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside keras' save_weights
+def test_a_fine_tuned_weights_file_is_one_more_weights_source_on_keras_and_litert(tmp_path):
+    import hashlib
+
+    import keras
+
+    from featx.backbones import build_keras_model, file_sha256, runtime
+
+    # What finetune writes: the full model of the family, some of its top changed, saved with save_weights.
+    full = build_keras_model("efficientnet_lite0", weights="none", image_size=64)
+    for layer_name in ("block6a_expand_conv", "top_conv", "top_bn"):
+        layer = full.get_layer(layer_name)
+        layer.set_weights([w * 1.5 + 0.01 for w in layer.get_weights()])
+    path = tmp_path / "lite0-finetuned.weights.h5"
+    full.save_weights(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    pooled = keras.Model(full.input, keras.layers.GlobalAveragePooling2D()(full.get_layer("top_activation").output))
+    on_keras = get_backbone("efficientnet_lite0", weights=str(path), image_size=64, runtime="keras")
+    images = np.random.default_rng(5).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    inputs = on_keras.preprocess(images)
+    expected = np.asarray(pooled(inputs, training=False))
+    np.testing.assert_allclose(on_keras(inputs), expected, rtol=1e-5, atol=1e-6)
+    random = get_backbone("efficientnet_lite0", weights="none", image_size=64, runtime="keras")
+    assert not np.allclose(random(inputs), expected, atol=1e-3)  # the file's weights, not the random start
+
+    on_litert = get_backbone("efficientnet_lite0", weights=str(path), image_size=64, runtime="litert")
+    np.testing.assert_allclose(on_litert(inputs), expected, rtol=1e-4, atol=1e-4)
+    for backbone in (on_keras, on_litert):
+        assert backbone.recipe().weights_sha256 == digest == file_sha256(path)
+        assert backbone.weights_source == f"file:{path}"
+    np.testing.assert_array_equal(from_recipe(on_litert.recipe(), runtime="litert")(inputs), on_litert(inputs))
+
+    # The conversion is cached under the file's sha256: another fine-tuned file is not taken for it.
+    assert runtime.cached_litert("efficientnet_lite0", digest, 64) is not None
+    assert runtime.cached_litert("efficientnet_lite0", "0" * 64, 64) is None
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside keras' save_weights
+def test_a_fine_tuned_keras_application_file_loads_back(tmp_path):
+    from featx.backbones import build_keras_model
+
+    full = build_keras_model("mobilenet_v2", weights="none", image_size=64)
+    layer = full.get_layer("Conv_1")
+    layer.set_weights([w * 2.0 for w in layer.get_weights()])
+    path = tmp_path / "mobilenet_v2-finetuned.weights.h5"
+    full.save_weights(path)
+
+    backbone = get_backbone("mobilenet_v2", weights=str(path), image_size=64, runtime="keras")
+    inputs = backbone.preprocess(np.random.default_rng(6).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
+    expected = np.asarray(full(inputs, training=False)).mean(axis=(1, 2))
+    np.testing.assert_allclose(backbone(inputs), expected, rtol=1e-4, atol=1e-5)
+    assert len(backbone.weights_sha256) == 64
