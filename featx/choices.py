@@ -20,6 +20,7 @@ HEADS = {
     "ordinal": "logreg's expected grade cut by tuned thresholds, for graded labels",
     "mlp": "a small neural network",
     "sgd": "out-of-core logistic regression; alone on one file it streams files larger than memory",
+    "knn": "k nearest neighbours by cosine, k by leave-one-out; names the training images behind a prediction",
 }
 HEAD_NAMES = tuple(HEADS)
 # Heads that treat the labels as ordered grades: they need integer class names or ordinal=True.

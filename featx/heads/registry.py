@@ -14,6 +14,7 @@ from featx.errors import FeatxError
 from featx.heads._validation import nested_splits
 from featx.heads.ensemble import FoldEnsemble
 from featx.heads.kernel import RBFFeatures
+from featx.heads.knn import KNNHead
 from featx.heads.linear import LinearSVM, Rotation, SoftmaxRegression
 from featx.heads.mlp import MLPHead
 from featx.heads.ordinal import OrdinalThresholds, RoundedRegression
@@ -122,9 +123,13 @@ def _sgd(*, metric, class_weight, search, seed):
     return SGDHead(class_weight=class_weight, n_jobs=search["n_jobs"], seed=seed)
 
 
+def _knn(*, metric, class_weight, search, seed):
+    return KNNHead(scoring=metric, class_weight=class_weight)
+
+
 # How each head of featx.choices.HEADS is built (tests/test_heads.py builds every name).
 _BUILDERS = {"logreg": _logreg, "svm": _svm, "svm-rbf": _svm_rbf, "ridge": _ridge, "ordinal": _ordinal, "mlp": _mlp,
-             "sgd": _sgd}
+             "sgd": _sgd, "knn": _knn}
 
 
 def _rotation():
@@ -173,6 +178,7 @@ def images_for_splits(splits) -> int:
 TRUSTED_TYPES = (
     "featx.heads.ensemble.FoldEnsemble",
     "featx.heads.kernel.RBFFeatures",
+    "featx.heads.knn.KNNHead",
     "featx.heads.linear.LinearSVM",
     "featx.heads.linear.Rotation",
     "featx.heads.linear.SoftmaxRegression",
