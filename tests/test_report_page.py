@@ -167,7 +167,7 @@ def test_caps_are_kept_and_said(tmp_path):
     assert re.search(r"up to 3 per cell and 1,200 in all, mistakes first; \d+ cell\(s\) have more", text)
     assert "Showing the top 2" in text
     assert text.count(' data-rule="') == 2
-    assert "t-SNE of 50 of 120 rows (a random sample, marked rows first)" in text
+    assert "PCA (first two principal components) of 50 of 120 rows (a random sample, marked rows first)" in text
     circles = re.findall(r'<circle class="pt( mistake)?"', text)
     assert len(circles) == 50
     assert sum(1 for mark in circles if mark) == min(50, len(issues))  # marked rows are drawn first

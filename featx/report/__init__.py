@@ -26,11 +26,12 @@ from featx.report.metrics import (
     quadratic_weighted_kappa,
     save_confusion_png,
 )
-from featx.report.page import FeatureMap, Predictions, ReportData, write_report_page
+from featx.report.page import FeatureMap, PageSection, Predictions, ReportData, write_report_page
 
 __all__ = [
     "FeatureMap",
     "LabelIssues",
+    "PageSection",
     "Predictions",
     "ReportData",
     "ReportResult",

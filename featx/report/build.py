@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class ReportResult:
     label_issues_csv: Path | None
     label_issues: int  # rows flagged
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds by part of the build
 
     def __str__(self) -> str:
         size = self.page.stat().st_size / 1e6 if self.page.exists() else 0.0
@@ -52,16 +53,15 @@ def label_issues_csv_path(page: Path) -> Path:
     return page.with_name(f"{stem}-label-issues.csv")
 
 
-def _probability_model(head):
-    """The fitted model behind `head`'s probabilities, to refit once per fold for out-of-fold probabilities.
+def _inner_models(head):
+    """`head` and the fitted models behind its probabilities, outermost first.
 
-    A search's winner keeps its chosen hyperparameters (one fit per fold, not a whole search per fold;
-    the hyperparameter saw every row, which barely moves the probabilities), unless only the search
-    has probabilities (a calibrated SVM). A fold ensemble contributes its first member; the ordinal
-    head its probability model.
+    A search's winner (unless only the search has probabilities: a calibrated SVM), a fold ensemble's
+    first member, the ordinal head's probability model.
     """
     model = head
     while True:
+        yield model
         if hasattr(getattr(model, "best_estimator_", None), "predict_proba"):
             model = model.best_estimator_
         elif getattr(model, "estimators_", None):
@@ -69,7 +69,30 @@ def _probability_model(head):
         elif hasattr(getattr(model, "estimator_", None), "predict_proba"):
             model = model.estimator_
         else:
-            return model
+            return
+
+
+def _probability_model(head):
+    """The fitted model behind `head`'s probabilities, to refit once per fold for out-of-fold probabilities.
+
+    A search's winner keeps its chosen hyperparameters (one fit per fold, not a whole search per fold;
+    the hyperparameter saw every row, which barely moves the probabilities).
+    """
+    *_, model = _inner_models(head)
+    return model
+
+
+def _own_out_of_fold(fitted, n_rows: int) -> np.ndarray | None:
+    """The out-of-fold probabilities `fitted`'s own search kept (PathSearchCV's `oof_proba_` at the chosen
+    value), columns by class index; None when it kept none for `n_rows` rows."""
+    for model in _inner_models(fitted):
+        found = getattr(model, "oof_proba_", None)
+        if found is not None and len(found) == n_rows:
+            classes = np.asarray(model.classes_, dtype=np.int64)
+            probabilities = np.zeros((n_rows, int(classes.max()) + 1))
+            probabilities[:, classes] = found
+            return probabilities
+    return None
 
 
 def _issue_model(head, rows: Rows, seed: int, log):
@@ -78,8 +101,10 @@ def _issue_model(head, rows: Rows, seed: int, log):
     if hasattr(model, "predict_proba"):
         return model
     log(f"{type(head).__name__} gives no probabilities; finding label issues with a logreg head")
-    search = make_head("logreg", n_classes=int(np.max(rows.y)) + 1, seed=seed)
-    return _probability_model(search.fit(rows.X, rows.y))
+    search = make_head("logreg", n_classes=int(np.max(rows.y)) + 1, grouped=rows.grouped, seed=seed)
+    if rows.grouped:
+        return search.fit(rows.X, rows.y, groups=rows.groups)
+    return search.fit(rows.X, rows.y)  # its own out-of-fold probabilities serve: no second cross-validation
 
 
 def _originals(rows: Rows) -> np.ndarray:
@@ -87,20 +112,38 @@ def _originals(rows: Rows) -> np.ndarray:
     return np.flatnonzero(rows.aug == 0)
 
 
-def _label_issues(head, rows: Rows, n_classes: int, *, folds: int, seed: int,
-                  log) -> tuple[LabelIssues | None, str]:
-    """Label issues among the original images of `rows`, or None and the reason there are none."""
+def _out_of_fold(head, fitted, rows: Rows, *, folds: int, seed: int, log) -> tuple[np.ndarray, str]:
+    """Out-of-fold probabilities of `rows` and where they came from, in words."""
+    found = None if fitted is None else _own_out_of_fold(fitted, len(rows.y))
+    if found is not None:
+        return found, "the head's own cross-validation"
+    model = _issue_model(head, rows, seed, log)
+    found = _own_out_of_fold(model, len(rows.y))
+    if found is not None:
+        return found, "a logreg head's cross-validation"
     groups = rows.groups if rows.grouped else None  # copies of one image stay in one fold
+    found = out_of_fold_probabilities(model, rows.X, rows.y, groups, folds=folds, seed=seed)
+    return found, f"{folds}-fold cross-validation of the head at its chosen settings"
+
+
+def _label_issues(head, fitted, rows: Rows, n_classes: int, graded: bool, *, folds: int, seed: int, log,
+                  timings: dict) -> tuple[LabelIssues | None, str]:
+    """Label issues among the original images of `rows`, or None and the reason there are none."""
+    started = time.perf_counter()
     try:
-        model = _issue_model(head, rows, seed, log)
-        probabilities = out_of_fold_probabilities(model, rows.X, rows.y, groups, folds=folds, seed=seed)
+        probabilities, source = _out_of_fold(head, fitted, rows, folds=folds, seed=seed, log=log)
     except FeatxError as error:
         return None, f"Label issues were not searched: {error}."
+    timings["out-of-fold probabilities"] = time.perf_counter() - started
+    started = time.perf_counter()
     keep = _originals(rows)
     # Columns for every class, also those without training rows (which get probability 0).
     probabilities = np.pad(probabilities, ((0, 0), (0, max(0, n_classes - probabilities.shape[1]))))
-    issues = find_label_issues(probabilities[keep], rows.y[keep], paths=[rows.paths[i] for i in keep], root=rows.root)
+    issues = find_label_issues(probabilities[keep], rows.y[keep], graded=graded,
+                               paths=[rows.paths[i] for i in keep], root=rows.root)
     issues.rows = keep[issues.rows]  # indices into `rows`, not into its originals
+    issues.source = source
+    timings["label issues"] = time.perf_counter() - started
     return issues, ""
 
 
@@ -154,23 +197,27 @@ def _feature_map(train: Rows, test: Rows | None, predictions: Predictions | None
 
 
 def build_report(page, head, summary: ReportData, train: Rows, test: Rows | None = None, *,
-                 issues_csv=None, folds: int = 5, seed: int = 0,
-                 log: Callable[[str], object] = print) -> ReportResult:
+                 issues_csv=None, folds: int = 3, seed: int = 0,
+                 log: Callable[[str], object] = print, fitted=None) -> ReportResult:
     """Write the report page (and the label-issue CSV) for a fitted head.
 
     summary: title, class names, leaderboard, recipe, ...; its test, label issues and map are filled in here.
-    head: the fitted head; it predicts `test` for the confusion matrix (so it must not have seen those
-    rows), and its model is refitted per fold for the label issues (logreg's when it has no probabilities).
+    head: the fitted head; it predicts `test` for the confusion matrix (so it must not have seen those rows).
     train: the labelled rows to search for label issues, out-of-fold (in train: every labelled row).
     test: held-out rows for the confusion matrix; without them the page has no confusion matrix.
+    fitted: the head as fitted on exactly `train`'s rows, in their order (`head` itself when it was): its own
+    search's out-of-fold probabilities judge the labels, with no further fit. Otherwise, or when it kept none,
+    `head`'s model (logreg's when it has no probabilities) is refitted on `folds` folds.
     issues_csv: default `<name>-label-issues.csv` beside `<name>-report.html`.
     """
     started = time.perf_counter()
     page = Path(page)
     notes = list(summary.notes)
     n_classes = len(summary.class_names)
+    timings: dict[str, float] = {}
     predictions = _predictions(head, test, n_classes) if test is not None and len(test.y) else None
-    issues, reason = _label_issues(head, train, n_classes, folds=folds, seed=seed, log=log)
+    issues, reason = _label_issues(head, fitted, train, n_classes, summary.graded, folds=folds, seed=seed, log=log,
+                                   timings=timings)
     if reason:
         notes.append(reason)
         log(reason)
@@ -182,9 +229,9 @@ def build_report(page, head, summary: ReportData, train: Rows, test: Rows | None
         label_issues_csv=None if csv_path is None else csv_path.name,
         feature_map=_feature_map(train, test, predictions, issues, summary.class_names),
     )
-    write_report_page(page, data, seed=seed)
+    write_report_page(page, data, seed=seed, timings=timings)
     return ReportResult(page=page, label_issues_csv=csv_path, label_issues=0 if issues is None else len(issues),
-                        seconds=time.perf_counter() - started)
+                        seconds=time.perf_counter() - started, timings=timings)
 
 
 # --------------------------------------------------------------------------- featx report BUNDLE FEATURES
@@ -204,7 +251,7 @@ def _recipe_shown(recipes) -> dict:
     return recipe_summary(recipes) if recipes and all(recipe is not None for recipe in recipes) else {}
 
 
-def report(bundle_path, features_path, *, output=None, folds: int = 5, seed: int = 0,
+def report(bundle_path, features_path, *, output=None, folds: int = 3, seed: int = 0,
            log: Callable[[str], object] = print) -> ReportResult:
     """The report page of a saved bundle on a labelled feature file (`featx report BUNDLE FEATURES...`).
 

@@ -17,16 +17,17 @@ import numpy as np
 
 from featx.atomic import atomic_output
 from featx.report.feature_map import MAX_POINTS, layout_2d
-from featx.report.label_issues import LabelIssues
+from featx.report.label_issues import LabelIssues, issue_rule
 from featx.report.metrics import (
     confusion_matrix,
     leaderboard_cells,
     per_class_scores,
     quadratic_weighted_kappa,
 )
+from featx.report.page_style import CSS, ERROR_HOOK, SCRIPT
 from featx.report.thumbnails import Thumbnail, make_thumbnails
 
-__all__ = ["FeatureMap", "Predictions", "ReportData", "write_report_page"]
+__all__ = ["FeatureMap", "PageSection", "Predictions", "ReportData", "write_report_page"]
 
 PER_CELL = 24  # thumbnails per confusion-matrix cell
 GALLERY_BUDGET = 1200  # thumbnails in all the cells together (~3.5 KB each), mistakes first
@@ -77,6 +78,20 @@ class ReportData:
     label_issues_csv: str | None = None  # where all label issues were written, to say so
     feature_map: FeatureMap | None = None
     notes: list[str] = field(default_factory=list)  # shown under the title
+    sections: list[PageSection] = field(default_factory=list)  # more sections, after featx's own
+
+
+@dataclass(frozen=True)
+class PageSection:
+    """One numbered section of the page. Another stage (e.g. an audit) adds its own through
+    `ReportData.sections`; title and body are HTML, so escape what goes into them."""
+
+    id: str  # the anchor: page.html#<id>
+    title: str
+    body: str
+
+    def html(self, number: int) -> str:
+        return f'<section id="{html.escape(self.id)}"><h2>{number}. {self.title}</h2>{self.body}</section>'
 
 
 def _full_path(root, relative: str) -> str:
@@ -129,8 +144,8 @@ def _probability_text(probabilities, names: Sequence[str], top: int | None = Non
 # --------------------------------------------------------------------------- sections
 
 
-def _section_leaderboard(data: ReportData) -> str:
-    parts = ['<section id="leaderboard"><h2>1. Leaderboard and recipe</h2><div class="side"><div>']
+def _section_leaderboard(data: ReportData) -> PageSection:
+    parts = ['<div class="side"><div>']
     if data.leaderboard:
         cells = leaderboard_cells(data.leaderboard)
         head = "".join(f"<th>{html.escape(cell)}</th>" for cell in cells[0])
@@ -148,8 +163,8 @@ def _section_leaderboard(data: ReportData) -> str:
         rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_recipe_value(value))}</td></tr>"
                        for key, value in data.recipe.items())
         parts.append(f'<div><h3>Recipe (how the features were made)</h3><table class="recipe">{rows}</table></div>')
-    parts.append("</div></section>")
-    return "".join(parts)
+    parts.append("</div>")
+    return PageSection("leaderboard", "Leaderboard and recipe", "".join(parts))
 
 
 def _recipe_value(value) -> str:
@@ -191,7 +206,8 @@ def _gallery_rows(test: Predictions, n_classes: int, per_cell: int, budget: int)
     return galleries
 
 
-def _section_confusion(data: ReportData, thumbs: _Thumbs, cell_rows: dict, per_cell: int, budget: int) -> str:
+def _section_confusion(data: ReportData, thumbs: _Thumbs, cell_rows: dict, per_cell: int,
+                       budget: int) -> PageSection:
     test, names = data.test, data.class_names
     n = len(names)
     cm = confusion_matrix(test.y_true, test.y_pred, n)
@@ -225,14 +241,13 @@ def _section_confusion(data: ReportData, thumbs: _Thumbs, cell_rows: dict, per_c
             )
         rows.append(f'<tr><th>{html.escape(names[i])}</th>{"".join(cells)}</tr>')
     source = f" on {html.escape(test.source)}" if test.source else ""
-    return (
-        f'<section id="confusion"><h2>2. Confusion matrix of {html.escape(str(data.best or "the head"))}{source}</h2>'
+    return PageSection("confusion", f'Confusion matrix of {html.escape(str(data.best or "the head"))}{source}', (
         f'<p class="note">Rows: true class; columns: predicted. Click a cell to see its images (up to '
         f"{per_cell} per cell and {budget:,} in all, mistakes first{f'; {capped} cell(s) have more' if capped else ''}"
         "); hover an image for its path and probabilities.</p>"
         f'<table class="confusion"><thead><tr><th class="corner">true \\ predicted</th>{header}</tr></thead>'
-        f'<tbody>{"".join(rows)}</tbody></table>{"".join(galleries)}</section>'
-    )
+        f'<tbody>{"".join(rows)}</tbody></table>{"".join(galleries)}'
+    ))
 
 
 def _least_sure_first(rows: np.ndarray, test: Predictions, predicted: int) -> np.ndarray:
@@ -252,7 +267,7 @@ def _prediction_figure(row: int, test: Predictions, names, thumbs: _Thumbs) -> s
     return thumbs.figure(_full_path(test.root, path), [path, caption], hover)
 
 
-def _section_per_class(data: ReportData) -> str:
+def _section_per_class(data: ReportData) -> PageSection:
     test, names = data.test, data.class_names
     cm = confusion_matrix(test.y_true, test.y_pred, len(names))
     scores = per_class_scores(cm)
@@ -266,14 +281,12 @@ def _section_per_class(data: ReportData) -> str:
              f"<td>{scores['recall'][present].mean():.3f}</td><td>{scores['f1'][present].mean():.3f}</td>"
              f"<td>{int(scores['support'].sum())}</td></tr>") if present.any() else ""
     parts = [(
-        '<section id="per-class"><h2>3. Per-class precision, recall, F1</h2>'
         '<table class="grid"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>'
         f"<th>support</th></tr></thead><tbody>{rows}{macro}</tbody></table>"
     )]
     if data.graded:
         parts.append(_grade_errors(test, names))
-    parts.append("</section>")
-    return "".join(parts)
+    return PageSection("per-class", "Per-class precision, recall, F1", "".join(parts))
 
 
 def _grade_errors(test: Predictions, names) -> str:
@@ -303,16 +316,15 @@ def _grade_errors(test: Predictions, names) -> str:
     )
 
 
-def _section_issues(data: ReportData, thumbs: _Thumbs, issues_shown: int) -> str:
+def _section_issues(data: ReportData, thumbs: _Thumbs, issues_shown: int) -> PageSection:
     issues, names = data.label_issues, data.class_names
-    head = ('<section id="label-issues"><h2>4. Likely label errors</h2>'
-            f'<p class="note">{len(issues)} of {issues.n_checked} labelled images have a given label the model '
-            "doubts: out-of-fold, its probability for that label is below the label's threshold (the mean "
-            "probability of the images labelled so) while another class reaches its own threshold (rule: "
-            "confident joint) or simply gets a higher probability (rule: prediction). Each image shows "
-            "given &rarr; suggested label; score: p(suggested) &minus; p(given), highest first. ")
+    share = len(issues) / max(issues.n_checked, 1)
+    source = f" (out-of-fold probabilities from {html.escape(issues.source)})" if issues.source else ""
+    head = (f'<p class="note">{len(issues)} of {issues.n_checked} labelled images ({share:.1%}) are listed: '
+            f"{html.escape(issue_rule(issues.graded))}{source}. Each image shows given &rarr; suggested "
+            "label; label quality (0 to 1) is low where the given label is doubtful. ")
     if len(issues) == 0:
-        return head + "None found.</p></section>"
+        return PageSection("label-issues", "Likely label errors", head + "None found.</p>")
     shown = min(len(issues), issues_shown)
     listed = f"Showing the top {shown}" if shown < len(issues) else "All are listed"
     csv_note = ""
@@ -322,12 +334,14 @@ def _section_issues(data: ReportData, thumbs: _Thumbs, issues_shown: int) -> str
     figures = []
     for rank in range(shown):
         given, suggested = names[issues.given[rank]], names[issues.suggested[rank]]
-        rule = "confident joint" if issues.confident[rank] else "prediction"
-        lines = [f"#{rank + 1} {given} \u2192 {suggested}", f"score {issues.score[rank]:.2f} ({rule})",
+        reason = issues.reasons[rank]
+        lines = [f"#{rank + 1} {given} \u2192 {suggested}", f"quality {issues.quality[rank]:.2f} ({reason})",
                  issues.paths[rank]]
         figures.append(thumbs.figure(_full_path(issues.root, issues.paths[rank]), lines,
-                                     _probability_text(issues.probabilities[rank], names), f' data-rule="{rule}"'))
-    return f'{head}<div class="thumbs issues">{"".join(figures)}</div></section>'
+                                     _probability_text(issues.probabilities[rank], names),
+                                     f' data-rule="{html.escape(reason)}"'))
+    body = f'{head}<div class="thumbs issues">{"".join(figures)}</div>'
+    return PageSection("label-issues", "Likely label errors", body)
 
 
 def _palette(n: int) -> list[str]:
@@ -337,7 +351,7 @@ def _palette(n: int) -> list[str]:
     return base[:n] + [f"hsl({(137.508 * k) % 360:.0f},65%,45%)" for k in range(max(0, n - len(base)))]
 
 
-def _section_map(data: ReportData, layout, thumbs: _Thumbs) -> str:
+def _section_map(data: ReportData, layout, thumbs: _Thumbs) -> PageSection:
     fmap, names = data.feature_map, data.class_names
     colours = _palette(len(names))
     size, pad = 560, 12
@@ -361,85 +375,19 @@ def _section_map(data: ReportData, layout, thumbs: _Thumbs) -> str:
                      f"{html.escape(name)} ({counts[k]})</li>" for k, name in enumerate(names))
     legend += (f'<li><span class="swatch ring"></span>marked: a mistake ({int(np.sum(fmap.mistakes[layout.rows]))})'
                "</li>")
-    return (
-        '<section id="map"><h2>5. Map of the feature space</h2>'
-        f'<p class="note">{html.escape(layout.method)}. Colour: class; ringed: mistakes (misclassified test '
-        "images, likely label errors). Hover a point to see its image. Nearby points are images the backbone "
-        "finds alike; distances between far-apart groups mean little in t-SNE.</p>"
+    return PageSection("map", "Map of the feature space", (
+        f'<p class="note">{html.escape(layout.method)}, laid out in {layout.seconds:.2f} s. Colour: class; ringed: '
+        "mistakes (misclassified test images, likely label errors). Hover a point to see its image. Nearby points "
+        "are images the backbone finds alike along the two directions in which the features vary most.</p>"
         f'<div class="mapbox"><svg id="fmap" width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
         f'role="img" aria-label="feature map">'
         f'<rect width="{size}" height="{size}" fill="#fafafa" stroke="#ddd"/>{"".join(points)}{"".join(marked)}'
         f'</svg><ul class="legend">{legend}</ul></div>{thumbs.store(store_paths)}'
-        '<div id="tip" hidden></div></section>'
-    )
+        '<div id="tip" hidden></div>'
+    ))
 
 
 # --------------------------------------------------------------------------- the page
-
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fff}
-main{max-width:1100px;margin:0 auto;padding:16px 24px 48px}
-h1{font-size:22px;margin:8px 0}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
-h3{font-size:15px;margin:14px 0 6px}.note{color:#555;font-size:13px}
-table{border-collapse:collapse}.grid td,.grid th{border:1px solid #ddd;padding:3px 8px;text-align:left}
-.grid thead th{background:#f3f3f3}tr.best td{background:#fff6d5;font-weight:600}
-tr.total th,tr.total td{background:#f7f7f7}
-.side{display:flex;flex-wrap:wrap;gap:8px 40px;align-items:flex-start}.side>div{flex:0 1 auto;min-width:0}
-.side .grid td{white-space:nowrap}.side .note{max-width:560px}
-.side h3{margin-top:0}.recipe td{word-break:break-all}
-.recipe th{text-align:left;padding:2px 12px 2px 0;color:#555;font-weight:500}.recipe td{font-family:monospace}
-.confusion th,.confusion td{border:1px solid #ccc;padding:6px 10px;text-align:center;min-width:40px}
-.confusion td.cell{cursor:pointer;font-weight:600}.confusion td.empty{cursor:default;color:#999;font-weight:400}
-.confusion td.open{outline:3px solid #222;outline-offset:-3px}.corner{font-weight:400;color:#666;font-size:12px}
-.thumbs{display:flex;flex-wrap:wrap;gap:8px}
-figure.thumb{margin:0;width:104px;font-size:11px;color:#444}
-figure.thumb img{display:block;max-width:96px;max-height:96px;border:1px solid #ccc}
-figure.thumb figcaption{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.noimg{width:94px;height:70px;border:1px dashed #d62728;color:#d62728;font-size:11px;padding:2px;overflow:hidden}
-.issues figure.thumb{width:128px}
-.mapbox{display:flex;gap:16px;align-items:flex-start}.legend{list-style:none;padding:0;margin:0;font-size:13px}
-.swatch{display:inline-block;width:11px;height:11px;border-radius:50%;margin-right:6px;vertical-align:-1px}
-.swatch.ring{border:2px solid #111;width:8px;height:8px}
-circle.pt{opacity:.8}circle.mistake{stroke:#111;stroke-width:1.6;opacity:1}circle.pt:hover{stroke:#000;stroke-width:2}
-#tip{position:fixed;pointer-events:none;background:#fff;border:1px solid #999;padding:6px;font-size:12px;
-word-break:break-all;
-box-shadow:0 2px 8px rgba(0,0,0,.2);max-width:240px;z-index:10}#tip img{display:block;max-width:96px;max-height:96px}
-"""
-
-# Kept tiny and dependency-free. The first script records any error in the page itself, so a test
-# (or a person) can see that the script broke; the last line marks the page as ready.
-_ERROR_HOOK = ("<script>window.addEventListener('error',function(e){document.documentElement"
-               ".setAttribute('data-error',String(e.message||e))});</script>")
-_SCRIPT = """<script>
-(function(){
-  document.querySelectorAll('td.cell[data-cell]').forEach(function(cell){
-    cell.addEventListener('click',function(){
-      var target=document.getElementById('cell-'+cell.dataset.cell);
-      document.querySelectorAll('.gallery').forEach(function(g){g.hidden=(g!==target)||!g.hidden;});
-      document.querySelectorAll('td.cell').forEach(function(c){c.classList.toggle('open',c===cell&&!target.hidden);});
-    });
-  });
-  var map=document.getElementById('fmap'),tip=document.getElementById('tip');
-  if(map&&tip){
-    map.addEventListener('mouseover',function(e){
-      var p=e.target;if(!p.classList||!p.classList.contains('pt'))return;
-      tip.textContent='';
-      var img=p.dataset.t&&document.querySelector('img[data-key="'+p.dataset.t+'"]');
-      if(img){var copy=document.createElement('img');copy.src=img.src;tip.appendChild(copy);}
-      else{var none=document.createElement('div');none.textContent='(no thumbnail)';tip.appendChild(none);}
-      [p.dataset.p,p.dataset.l+(p.dataset.n?' \\u2014 '+p.dataset.n:'')].forEach(function(t){
-        var line=document.createElement('div');line.textContent=t;tip.appendChild(line);});
-      tip.hidden=false;
-    });
-    map.addEventListener('mousemove',function(e){
-      tip.style.left=(e.clientX+14)+'px';tip.style.top=(e.clientY+14)+'px';});
-    map.addEventListener('mouseout',function(e){
-      if(e.target.classList&&e.target.classList.contains('pt'))tip.hidden=true;});
-  }
-  document.documentElement.setAttribute('data-ready','1');
-})();
-</script>"""
-
 
 def _wanted_thumbnails(data: ReportData, galleries: dict, layout, issues_shown: int) -> dict[str, None]:
     """Every image the page will show, so they can all be decoded at once, in parallel."""
@@ -457,19 +405,25 @@ def _wanted_thumbnails(data: ReportData, galleries: dict, layout, issues_shown: 
 
 
 def write_report_page(path, data: ReportData, *, per_cell: int = PER_CELL, gallery_budget: int = GALLERY_BUDGET,
-                      issues_shown: int = ISSUES_SHOWN, map_points: int = MAX_POINTS, seed: int = 0) -> Path:
+                      issues_shown: int = ISSUES_SHOWN, map_points: int = MAX_POINTS, seed: int = 0,
+                      timings: dict[str, float] | None = None) -> Path:
     """Write the self-contained report page for `data` to `path` (an .html file) and return the path.
 
     per_cell, gallery_budget, issues_shown, map_points: the caps that keep a page of many rows small.
+    timings: seconds by part so far (e.g. out-of-fold probabilities), shown on the page; the map, thumbnails
+    and HTML parts are added to it.
     """
-    started = time.perf_counter()
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
     layout = None
     if data.feature_map is not None and len(data.feature_map.labels) > 0:
         layout = layout_2d(data.feature_map.features, flagged=data.feature_map.mistakes, max_points=map_points,
                            seed=seed)
+        timings["map"], clock = time.perf_counter() - clock, time.perf_counter()
     with_test = data.test is not None and len(data.test.y_true) > 0
     galleries = _gallery_rows(data.test, len(data.class_names), per_cell, gallery_budget) if with_test else {}
     thumbs = _Thumbs(_wanted_thumbnails(data, galleries, layout, issues_shown))
+    timings["thumbnails"], clock = time.perf_counter() - clock, time.perf_counter()
     sections = [_section_leaderboard(data)] if data.leaderboard or data.recipe else []
     if with_test:
         sections += [_section_confusion(data, thumbs, galleries, per_cell, gallery_budget), _section_per_class(data)]
@@ -477,19 +431,23 @@ def write_report_page(path, data: ReportData, *, per_cell: int = PER_CELL, galle
         sections.append(_section_issues(data, thumbs, issues_shown))
     if layout is not None:
         sections.append(_section_map(data, layout, thumbs))
+    sections += data.sections
     notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in data.notes)
-    built = (f"Page written by featx in {time.perf_counter() - started:.1f} s, with {thumbs.count} embedded "
-             "thumbnails; the file is self-contained (no network needed).")
+    parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items())
+    built = (f"Page written by featx ({parts}), with {thumbs.count} embedded thumbnails; the file is "
+             "self-contained (no network needed).")
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{html.escape(data.title)}</title>{_ERROR_HOOK}<style>{_CSS}</style></head><body><main>"
+        f"<title>{html.escape(data.title)}</title>{ERROR_HOOK}<style>{CSS}</style></head><body><main>"
         f'<h1>{html.escape(data.title)}</h1><p class="note">{", ".join(html.escape(n) for n in data.class_names)}'
         f"{' (graded)' if data.graded else ''}</p>{notes}"
-        f'{"".join(sections)}<p class="note">{built}</p></main>{_SCRIPT}</body></html>'
+        f'{"".join(section.html(number) for number, section in enumerate(sections, 1))}'
+        f'<p class="note">{html.escape(built)}</p></main>{SCRIPT}</body></html>'
     )
     path = Path(path)
     # Written whole to a temporary name, then renamed: a reader never sees half a page.
     with atomic_output(path) as temporary:
         temporary.write_text(page, encoding="utf-8")
+    timings["HTML"] = time.perf_counter() - clock
     return path

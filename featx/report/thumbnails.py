@@ -29,7 +29,8 @@ class Thumbnail:
 
 
 def _thumbnail(path: str, side: int) -> Thumbnail:
-    image, reason = try_load_image(path)
+    # A large JPEG decodes at 1/2 to 1/8 scale (as the extractor decodes), never below the thumbnail's side.
+    image, reason = try_load_image(path, reduce_to=side)
     if image is None:
         return Thumbnail(None, reason)
     height, width = image.shape[:2]

@@ -1,0 +1,190 @@
+"""Report page speed by part, before (193b0d8) and after, and `featx train` wall time against its fit time.
+
+    python bench/report_speed.py [--data synthetic,knee] [--before 193b0d8] [--no-train]
+
+Datasets: (1) bench/heads_speed.py's synthetic 10,000 x 1,280 rows of 5 graded classes (no images), tested
+on 2,500 more; (2) the knee features ``../shared/data/features/knee_kl_full-{train,val}.h5`` (5,778 + 826 x
+1,280), with their thumbnails from ``../shared/data/knee_kl`` where the image is there.
+
+Each version runs in its own child process (the old one from `git archive`, so this checkout is not touched):
+a logreg head is fitted on the training rows, then `build_report` writes the page as `featx train --test` does.
+Parts: out-of-fold probabilities, label issues, map, thumbnails, HTML (the old code timed piece by piece with its
+own functions; its thumbnails and HTML are what remains of its total). Then `featx.train(..., heads="logreg")`
+runs on feature files of the same rows: wall time against the head's fit time (goal: wall <= fit + 3 s).
+Timings on a shared machine are noisy: the load average is printed beside each table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+PARTS = ("out-of-fold probabilities", "label issues", "map", "thumbnails", "HTML")
+
+
+def _load(name):
+    """(train Rows, test Rows, class names, graded) of a dataset, or None when it is absent."""
+    from featx.rows import Rows
+
+    if name == "synthetic":
+        sys.path.insert(0, str(HERE))
+        from heads_speed import synthetic
+
+        X, y, X_test, y_test = synthetic()
+        return Rows.of(X, y, source="synthetic"), Rows.of(X_test, y_test, source="synthetic test"), \
+            [str(k) for k in range(5)], True
+    import h5py
+
+    rows = []
+    for split in ("train", "val"):
+        path = SHARED / "features" / f"knee_kl_full-{split}.h5"
+        if not path.is_file():
+            return None
+        with h5py.File(path, "r") as handle:
+            rows.append(Rows.of(handle["features"][:].astype(np.float32), handle["labels"][:],
+                                [p.decode() if isinstance(p, bytes) else p for p in handle["paths"][:]],
+                                root=str(SHARED / "knee_kl" / split), source=f"knee {split}"))
+            names = [n.decode() if isinstance(n, bytes) else n for n in handle["label_names"][:]]
+    return rows[0], rows[1], names, True
+
+
+def child(name: str, out: Path) -> dict:
+    """Time the page build of this process's featx on dataset `name`; the parts as a dict."""
+    import featx.report.build as build
+    from featx.heads import make_head
+    from featx.report import ReportData, build_report
+
+    loaded = _load(name)
+    if loaded is None:
+        return {}
+    train, test, names, graded = loaded
+    started = time.perf_counter()
+    head = make_head("logreg", n_classes=len(names)).fit(train.X, train.y)
+    fit = time.perf_counter() - started
+    summary = ReportData(title=f"bench {name}", class_names=names, graded=graded)
+    after = hasattr(build, "_own_out_of_fold")
+    started = time.perf_counter()
+    if after:
+        result = build_report(out / f"{name}-report.html", head, summary, train, test, log=lambda _: None,
+                              fitted=head)
+        parts = dict(result.timings)
+    else:
+        result = build_report(out / f"{name}-report.html", head, summary, train, test, log=lambda _: None)
+        parts = _old_parts(build, head, train)
+    total = time.perf_counter() - started
+    if not after:
+        parts["thumbnails"] = parts["HTML"] = None
+        parts["thumbnails + HTML"] = total - sum(v for v in parts.values() if v)
+    return {"fit": fit, "total": total, "issues": result.label_issues, "rows": len(train.y), **parts}
+
+
+def _old_parts(build, head, train) -> dict:
+    """The old code's parts, each timed with its own functions on the same rows as its build_report."""
+    from featx.report.feature_map import layout_2d
+    from featx.report.label_issues import find_label_issues, out_of_fold_probabilities
+
+    clock = time.perf_counter()
+    probabilities = out_of_fold_probabilities(build._probability_model(head), train.X, train.y, folds=5)
+    parts = {"out-of-fold probabilities": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    issues = find_label_issues(probabilities, train.y)
+    parts["label issues"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    flagged = np.zeros(len(train.y), dtype=bool)
+    flagged[issues.rows] = True
+    layout_2d(train.X, flagged=flagged)
+    parts["map"] = time.perf_counter() - clock
+    return parts
+
+
+def train_wall(name: str, out: Path) -> dict:
+    """`featx.train(FILE, test=FILE, heads="logreg")` on feature files of the dataset: wall and fit seconds."""
+    from featx.store import HDF5DatasetWriter
+    from featx.train import train
+
+    loaded = _load(name)
+    if loaded is None:
+        return {}
+    files = []
+    for rows, split in zip(loaded[:2], ("train", "test")):
+        path = out / f"{name}-{split}.h5"
+        writer = HDF5DatasetWriter(rows.X.shape, path, mode="w")
+        writer.store_class_labels(loaded[2])
+        writer.add(rows.X, rows.y)
+        writer.close()
+        files.append(path)
+    started = time.perf_counter()
+    result = train(files[0], test=files[1], heads="logreg", output=out / "models", progress=False, bootstrap=1000,
+                   log=lambda _: None)
+    wall = time.perf_counter() - started
+    return {"wall": wall, "fit": result.rows[0]["fit_seconds"], "report": result.report_page.seconds}
+
+
+def _run(code: Path, mode: str, name: str) -> dict:
+    out = Path(tempfile.mkdtemp())
+    script = (f"import sys, json; sys.path.insert(0, {str(code)!r}); sys.path.insert(1, {str(HERE)!r}); "
+              f"import report_speed as b; from pathlib import Path; "
+              f"print('RESULT', json.dumps(b.{mode}({name!r}, Path({str(out)!r}))))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=out)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        print(done.stderr[-3000:])
+        return {}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _load_line() -> str:
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="synthetic,knee")
+    parser.add_argument("--before", default="193b0d8")
+    parser.add_argument("--no-train", action="store_true")
+    args = parser.parse_args()
+    before = Path(tempfile.mkdtemp()) / "featx-before"
+    before.mkdir()
+    archive = subprocess.run(["git", "archive", args.before, "featx"], cwd=HERE, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    after = HERE.parent
+    for name in args.data.split(","):
+        print(f"\n== {name}: page build by part, seconds ({_load_line()})", flush=True)
+        old, new = _run(before, "child", name), _run(after, "child", name)
+        if not new:
+            print(f"skipped: {name} is absent or failed")
+            continue
+        print(f"{len(new and new['rows']):,} training rows; logreg fit {new['fit']:.1f} s (after), "
+              f"{old.get('fit', float('nan')):.1f} s (before); issues listed: {old.get('issues')} before, "
+              f"{new['issues']} after")
+        print(f"{'part':28s} {'before':>8s} {'after':>8s} {'ratio':>7s}")
+        for part in (*PARTS, "thumbnails + HTML", "total"):
+            a, b = old.get(part), new.get(part)
+            if part == "thumbnails + HTML":
+                b = (new.get("thumbnails") or 0) + (new.get("HTML") or 0)
+            if a is None and b is None:
+                continue
+            ratio = f"{a / b:6.1f}x" if a and b else ""
+            fa, fb = ("-" if v is None else f"{v:.2f}" for v in (a, b))
+            print(f"{part:28s} {fa:>8s} {fb:>8s} {ratio:>7s}")
+        if not args.no_train:
+            wall = _run(after, "train_wall", name)
+            if wall:
+                print(f"featx train --test --heads logreg: wall {wall['wall']:.1f} s, fit {wall['fit']:.1f} s, "
+                      f"wall - fit {wall['wall'] - wall['fit']:.1f} s (goal <= 3), report {wall['report']:.1f} s "
+                      f"({_load_line()})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
