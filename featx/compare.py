@@ -11,21 +11,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from featx.recipe import summary as recipe_summary
-from featx.report import ReportData, ReportResult, build_report, leaderboard_table
+from featx.pipeline import Options, engine, fit_and_score, format_optional, leaderboard_text, report_page
+from featx.pipeline_split import choose_heads, decoding_differences, load_split
+from featx.report import ReportResult
 from featx.rows import as_paths, output_stem
 from featx.scoring import best_index
-from featx.train import (
-    Options,
-    check_options,
-    choose_heads,
-    decoding_differences,
-    fit_and_score,
-    format_optional,
-    load_split,
-)
 
-__all__ = ["CompareResult", "compare"]
+__all__ = ["CompareResult", "compare", "compare_with"]
 
 
 @dataclass
@@ -68,45 +60,48 @@ def compare(
     same images for every variant. Nothing is saved but the report page: train the winner with
     `featx train` to get its bundle.
     """
-    files, tests = as_paths(features), None if test is None else as_paths(test)
-    check_options(metric=metric, folds=folds, test=tests, test_size=test_size)
-    split = load_split(files, test=tests, test_size=float(test_size), ordinal=ordinal, folds=folds, seed=seed,
-                       log=log, same_decoding=False)
-    head_names = choose_heads(heads, split, folds=folds, log=log)
+    options = Options(heads=heads, test=test, test_size=test_size, fuse=fuse, folds=folds, class_weight=class_weight,
+                      metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output, seed=seed, bootstrap=bootstrap,
+                      progress=progress, report=report)
+    return compare_with(as_paths(features), options, log)
+
+
+def compare_with(files: list[Path], options: Options, log: Callable[[str], object] = print) -> CompareResult:
+    """`compare` with its options as one object."""
+    options.check()
+    metric, tests = options.metric, options.test
+    split = load_split(files, test=tests, test_size=options.test_size, ordinal=options.ordinal, folds=options.folds,
+                       seed=options.seed, log=log, same_decoding=False)
+    head_names = choose_heads(options.heads, split, folds=options.folds, log=log)
     labels = _labels(files, split)
     variants = [(label, [i]) for i, label in enumerate(labels)]
-    if fuse and len(files) > 1:
+    if options.fuse and len(files) > 1:
         if not decoding_differences(split.recipes):
             variants.append(("fused: " + " + ".join(labels), list(range(len(files)))))
         else:
             log("not fusing: the files feed images differently (resize or TTA), so a fused head could not predict")
-    options = Options(metric=metric, class_weight=class_weight, folds=folds, n_jobs=n_jobs, seed=seed,
-                      bootstrap=bootstrap, progress=progress)
     log(f"comparing {len(variants)} feature set(s) x {len(head_names)} head(s) on {len(split.train)} rows; "
         f"testing on {len(split.test)} rows of {split.test_label}")
     rows, fitted = [], {}
-    for label, indices in variants:
-        variant = split.blocks(indices)
-        for head_name in head_names:
-            head, row, _ = fit_and_score(head_name, variant, options)
-            rows.append({"features": label, "dims": variant.train.X.shape[1], **row})
-            fitted[len(rows) - 1] = (head, variant)
-            log(f"  {label} / {head_name}: {metric} {format_optional(row.get(metric))} in {row['fit_seconds']:.2f} s")
+    with engine(options, log):
+        for label, indices in variants:
+            variant = split.blocks(indices)
+            for head_name in head_names:
+                head, row, _ = fit_and_score(head_name, variant, options)
+                rows.append({"features": label, "dims": variant.train.X.shape[1], **row})
+                fitted[len(rows) - 1] = (head, variant)
+                log(f"  {label} / {head_name}: {metric} {format_optional(row.get(metric))} "
+                    f"in {row['fit_seconds']:.2f} s")
     best_at = best_index(rows, metric)
     best = rows[best_at]
     page = None
-    if report:
+    if options.report:
         head, variant = fitted[best_at]
-        summary = ReportData(
-            title=f"featx compare: {', '.join(f.stem for f in files)}", class_names=split.class_names,
-            graded=split.graded, metric=metric, best=best["head"],
-            leaderboard=[{**row, "best": i == best_at} for i, row in enumerate(rows)],
-            recipe=recipe_summary(variant.recipes),
-            notes=[f"Best: {best['features']} with {best['head']}; the map, matrix and label issues are its."],
-        )
-        page = build_report(Path(output) / f"{output_stem(files)}-compare.html", head, summary,
-                            variant.all_rows if variant.all_rows is not None else variant.train, variant.test,
-                            seed=seed, log=log)
+        page = report_page(
+            Path(options.output) / f"{output_stem(files)}-compare.html", head, variant,
+            [{**row, "best": i == best_at} for i, row in enumerate(rows)], best["head"], options, log=log,
+            title=f"featx compare: {', '.join(f.stem for f in files)}",
+            notes=[f"Best: {best['features']} with {best['head']}; the map, matrix and label issues are its."])
     text = _compare_report(rows, best, metric, files, tests, labels, page)
     return CompareResult(rows=rows, best=best, metric=metric, report=text, report_page=page)
 
@@ -122,10 +117,7 @@ def _labels(files: list[Path], split) -> list[str]:
 def _compare_report(rows, best, metric, files, tests, labels, page) -> str:
     interval = best.get(f"{metric}_ci")
     lines = [
-        leaderboard_table(rows),
-        "(the same training and test rows for every feature set; "
-        f"cv score: the head's own search on the training rows, in {metric}; intervals: 95% bootstrap over the "
-        "test rows)",
+        leaderboard_text(rows, metric, first="the same training and test rows for every feature set"),
         "",
         f"best recipe by {metric}: {best['features']} with {best['head']} ({metric} {format_optional(best.get(metric))}"
         + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + ")",

@@ -12,7 +12,7 @@ from featx.bundle import as_bundle
 from featx.errors import FeatxError
 from featx.report import leaderboard_table
 from featx.rows import as_paths, read_fused
-from featx.scoring import details, score_row
+from featx.scoring import details, leaderboard_row
 from featx.store import FeatureStore
 
 __all__ = ["EvalResult", "evaluate"]
@@ -50,10 +50,9 @@ def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], ob
     if len(data) == 0:
         raise FeatxError(f"{features} has no labelled images to evaluate on; use `featx predict` for unlabelled images")
     y_pred = np.asarray(model.head.predict(data.X), dtype=np.int64)
-    row = {"head": model.head_name, "params": model.metrics.get("params"), "cv_score": model.metrics.get("cv_score")}
-    row.update(score_row(data.y, y_pred, n_classes=len(model.label_names),
-                         with_qwk=model.graded or "qwk" in model.metrics, bootstrap=bootstrap, seed=0))
-    row["fit_seconds"] = None
+    row = leaderboard_row(model.head_name, data.y, y_pred, n_classes=len(model.label_names),
+                          with_qwk=model.graded or "qwk" in model.metrics, params=model.metrics.get("params"),
+                          cv_score=model.metrics.get("cv_score"), bootstrap=bootstrap, seed=0)
     text, _ = details(model.head_name, data.y, y_pred, model.label_names)
     report = "\n".join([f"{model.path or model.head_name} on {features} ({len(data)} images)",
                         leaderboard_table([row]), "", text])

@@ -19,8 +19,8 @@ from sklearn.model_selection import train_test_split
 from featx.errors import FeatxError
 from featx.store import FeatureStore
 
-__all__ = ["Rows", "as_paths", "class_order", "grouped_train_test_split", "integer_names", "output_stem",
-           "read_fused", "read_rows", "smallest_class"]
+__all__ = ["Rows", "as_paths", "class_order", "grouped_train_test_split", "integer_names", "mapped_labels",
+           "output_stem", "read_fused", "read_rows", "row_groups", "smallest_class", "store_paths"]
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
@@ -43,10 +43,9 @@ class Rows:
         """Rows from arrays; a row's source image (its group) is its path, or the row itself without one."""
         n = len(y)
         paths = np.array([""] * n if paths is None else [str(p) for p in paths], dtype=object)
-        groups = np.array([path or f"<row {i}>" for i, path in enumerate(paths)], dtype=object)
         aug = np.zeros(n, dtype=np.int64) if aug is None else np.asarray(aug, dtype=np.int64)
-        return cls(X=np.asarray(X), y=np.asarray(y, dtype=np.int64), groups=groups, aug=aug, paths=paths, root=root,
-                   source=source)
+        return cls(X=np.asarray(X), y=np.asarray(y, dtype=np.int64), groups=row_groups(paths, n), aug=aug, paths=paths,
+                   root=root, source=source)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -69,6 +68,21 @@ class Rows:
     def grouped(self) -> bool:
         """True when some rows share a source image (augmented copies): splits must keep them together."""
         return len(np.unique(self.groups)) < len(self.groups)
+
+
+def row_groups(paths: Sequence[str] | None, n: int) -> np.ndarray:
+    """The group of each of `n` rows, which splits never cut: its source image, so augmented copies stay together.
+
+    A row without a path (files written through the seed-style API record none) is its own image.
+    Every split and streamed fit takes its groups from here.
+    """
+    paths = [""] * n if paths is None else paths
+    return np.array([str(path) or f"<row {i}>" for i, path in enumerate(paths)], dtype=object)
+
+
+def store_paths(store: FeatureStore) -> Sequence[str] | None:
+    """The image path of each row of a store, or None when it does not record one per row."""
+    return store.paths if len(store.paths) == len(store.labels) else None
 
 
 def integer_names(names: Sequence[str]) -> bool:
@@ -130,8 +144,7 @@ def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[st
         raise FeatxError(f"{store.path} is damaged: its features cannot be read ({' '.join(str(error).split())}); "
                          "recreate it with `featx extract`") from None
     X = _finite(X, store.path)
-    every = Rows.of(X, mapped, store.paths if len(store.paths) == len(mapped) else None, aug=store.aug,
-                    root=store.dataset_root, source=str(store.path))
+    every = Rows.of(X, mapped, store_paths(store), aug=store.aug, root=store.dataset_root, source=str(store.path))
     return every if len(rows) == len(mapped) else every.subset(rows)
 
 
@@ -143,6 +156,8 @@ def read_fused(stores: Sequence[FeatureStore], class_names: Sequence[str], log: 
     """
     parts = [read_rows(store, class_names, log) for store in stores]
     first = parts[0]
+    if len(parts) == 1:  # nothing to match: rows without paths are fine alone
+        return dataclasses.replace(first, widths=(first.X.shape[1],))
     keys = _row_keys(first)
     blocks = [first.X]
     for store, part in zip(stores[1:], parts[1:]):

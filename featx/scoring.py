@@ -9,17 +9,22 @@ from functools import partial
 import numpy as np
 from sklearn.metrics import classification_report
 
-from featx.metrics import (
-    METRICS,
-    accuracy,
-    bootstrap_ci,
-    confusion_matrix,
-    confusion_text,
-    f1_macro,
-    quadratic_weighted_kappa,
-)
+from featx.metrics import METRICS, accuracy, bootstrap_ci, confusion_matrix, confusion_text, f1_macro
+from featx.metrics import quadratic_weighted_kappa as qwk
 
-__all__ = ["METRICS", "best_head", "best_index", "details", "score_row"]
+__all__ = ["METRICS", "best_head", "best_index", "details", "leaderboard_row", "score_row"]
+
+
+def leaderboard_row(head_name: str, y_true, y_pred, *, n_classes: int, with_qwk: bool, params=None, cv_score=None,
+                    fit_seconds: float | None = None, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """One head's line of the leaderboard: what it is, its test metrics with 95% intervals, how long it fitted.
+
+    Every leaderboard (train, compare, evaluate, the streamed head, fine-tuning) builds its rows here.
+    """
+    row = {"head": head_name, "params": params, "cv_score": cv_score}
+    row.update(score_row(y_true, y_pred, n_classes=n_classes, with_qwk=with_qwk, bootstrap=bootstrap, seed=seed))
+    row["fit_seconds"] = None if fit_seconds is None else round(float(fit_seconds), 3)
+    return row
 
 
 def score_row(y_true, y_pred, *, n_classes: int, with_qwk: bool, bootstrap: int = 1000, seed: int = 0) -> dict:
@@ -30,7 +35,7 @@ def score_row(y_true, y_pred, *, n_classes: int, with_qwk: bool, bootstrap: int 
         "f1_macro": partial(f1_macro, labels=np.union1d(y_true, y_pred)),
     }
     if with_qwk:
-        metric_fns["qwk"] = partial(quadratic_weighted_kappa, labels=np.arange(n_classes))
+        metric_fns["qwk"] = partial(qwk, labels=np.arange(n_classes))
     row = {}
     for key, fn in metric_fns.items():
         row[key] = float(fn(y_true, y_pred))

@@ -108,12 +108,8 @@ def test_wrong_width_file_is_refused(tmp_path):
 
 
 def test_train_streams_sgd_alone_and_points_there_when_memory_is_short(tmp_path, monkeypatch):
-    import sys
-
-    from featx import load_bundle
+    from featx import load_bundle, pipeline_split
     from featx.train import train
-
-    train_module = sys.modules["featx.train"]  # featx.train the attribute is the function
 
     path = write_file(tmp_path / "f.h5", per_class=200)
     messages = []
@@ -128,10 +124,32 @@ def test_train_streams_sgd_alone_and_points_there_when_memory_is_short(tmp_path,
     tested = train(path, test=path, heads="sgd", log=lambda message: None, **options)
     assert tested.refit_rows is None and tested.rows[0]["accuracy"] > 0.9  # with --test the bundle is as scored
 
-    monkeypatch.setattr(train_module, "_available_memory", lambda: 100_000)  # 100 kB free: 4 x 58 kB does not fit
+    monkeypatch.setattr(pipeline_split, "available_memory", lambda: 100_000)  # 100 kB free: 4 x 58 kB does not fit
     with pytest.raises(FeatxError, match=r"need\(s\) about .* GiB to train in memory .*--heads sgd, one feature file"):
         train(path, heads="logreg", log=lambda message: None, **options)
-    assert len(train(path, heads="sgd", log=lambda message: None, **options).rows) == 1  # streaming needs no room
+    messages.clear()
+    streamed = train(path, heads="sgd", log=messages.append, **options)  # streaming needs no room
+    assert len(streamed.rows) == 1 and streamed.report_page is None  # the page would need the features in memory:
+    assert any(message.startswith("no report page: its map and label issues need") for message in messages)  # said
+
+
+def test_streamed_sgd_writes_the_report_page_when_the_features_fit(tmp_path):
+    from featx.train import train
+
+    path = write_file(tmp_path / "f.h5", per_class=40)
+    result = train(path, heads="sgd", output=tmp_path / "models", bootstrap=0, progress=False,
+                   log=lambda message: None)
+    assert result.report_page is not None and result.report_page.page.is_file()
+    assert "sgd" in result.report_page.page.read_text() and str(result.report_page) in result.report
+
+
+def test_streamed_sgd_refuses_the_ray_engine_instead_of_dropping_it(tmp_path):
+    from featx.train import train
+
+    path = write_file(tmp_path / "f.h5", per_class=10)
+    with pytest.raises(FeatxError, match=r"^--engine ray .* --heads sgd alone streams the file here"):
+        train(path, heads="sgd", engine="ray", output=tmp_path / "models", log=lambda message: None)
+    assert not (tmp_path / "models").exists()
 
 
 def test_streamed_sgd_refuses_too_few_images_per_class_as_in_memory_heads_do(tmp_path):
