@@ -53,9 +53,9 @@ def _cmd_extract(args):
 
 
 def _cmd_train(args):
-    from featx.train import train
+    from featx.train import train_with
 
-    print(train(args.features, engine=args.engine, address=args.address, **_stage2_kwargs(args)))
+    print(train_with(args.features, _stage2_run_options(args, engine=args.engine, address=args.address)))
 
 
 def _cmd_finetune(args):
@@ -71,9 +71,9 @@ def _cmd_finetune(args):
 
 
 def _cmd_compare(args):
-    from featx.compare import compare
+    from featx.compare import compare_with
 
-    print(compare(args.features, fuse=not args.no_fuse, **_stage2_kwargs(args)))
+    print(compare_with(args.features, _stage2_run_options(args, fuse=not args.no_fuse)))
 
 
 def _cmd_report(args):
@@ -130,10 +130,14 @@ def _stage2_options(s) -> None:
     s.add_argument("--no-report", action="store_true", help="skip the HTML report page and label-issue CSV")
 
 
-def _stage2_kwargs(args) -> dict:
-    return dict(test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
-                class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None, n_jobs=args.n_jobs,
-                output=args.output, seed=args.seed, progress=not args.quiet, report=not args.no_report)
+def _stage2_run_options(args, **more):
+    """The one options object train and compare (and every step after them) take."""
+    from featx.pipeline import Options
+
+    return Options(test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
+                   class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None,
+                   n_jobs=args.n_jobs, output=args.output, seed=args.seed, progress=not args.quiet,
+                   report=not args.no_report, **more)
 
 
 def build_parser() -> argparse.ArgumentParser:

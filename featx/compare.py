@@ -63,11 +63,12 @@ def compare(
     options = Options(heads=heads, test=test, test_size=test_size, fuse=fuse, folds=folds, class_weight=class_weight,
                       metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output, seed=seed, bootstrap=bootstrap,
                       progress=progress, report=report)
-    return compare_with(as_paths(features), options, log)
+    return compare_with(features, options, log)
 
 
-def compare_with(files: list[Path], options: Options, log: Callable[[str], object] = print) -> CompareResult:
-    """`compare` with its options as one object."""
+def compare_with(features, options: Options, log: Callable[[str], object] = print) -> CompareResult:
+    """`compare` with its options as one object (the CLI passes one)."""
+    files = as_paths(features)
     options.check()
     metric, tests = options.metric, options.test
     split = load_split(files, test=tests, test_size=options.test_size, ordinal=options.ordinal, folds=options.folds,

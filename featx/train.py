@@ -17,7 +17,7 @@ from featx.pipeline_split import head_list
 from featx.pipeline_streamed import streams, train_streamed
 from featx.rows import as_paths
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "train", "train_with"]
 
 
 def train(
@@ -56,11 +56,12 @@ def train(
     options = Options(heads=heads, test=test, test_size=test_size, folds=folds, class_weight=class_weight,
                       metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output, seed=seed, bootstrap=bootstrap,
                       progress=progress, report=report, engine=engine, address=address)
-    return train_with(as_paths(features), options, log)
+    return train_with(features, options, log)
 
 
-def train_with(files, options: Options, log: Callable[[str], object] = print) -> TrainResult:
-    """`train` with its options as one object (the CLI and other entry points pass one)."""
+def train_with(features, options: Options, log: Callable[[str], object] = print) -> TrainResult:
+    """`train` with its options as one object (the CLI passes one)."""
+    files = as_paths(features)
     options.check()
     if not options.fuse:
         raise FeatxError("train always fuses several feature files; to score them one by one, use compare")
