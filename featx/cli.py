@@ -38,18 +38,15 @@ def _cmd_backbones(args):
 
 
 def _cmd_extract(args):
-    from featx.extract import extract
+    from featx.extract import ExtractOptions, extract_with
 
-    result = extract(
-        args.dataset, args.output, backbone=args.backbone, weights=args.weights, pooling=args.pooling,
-        image_size=args.image_size, layer=args.layer, batch_size=args.batch_size,
-        buffer_size=args.buffer_size, dtype=args.dtype, augment=args.augment, tta=args.tta,
-        crop=args.crop, decode=args.decode, seed=args.seed, workers=args.workers, runtime=args.runtime,
-        precision=args.precision,
-        engine=args.engine, address=args.address, gpus_per_worker=args.gpus_per_worker, overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    print(result)
+    options = ExtractOptions.from_keywords(
+        backbone=args.backbone, weights=args.weights, pooling=args.pooling, image_size=args.image_size,
+        layer=args.layer, batch_size=args.batch_size, buffer_size=args.buffer_size, dtype=args.dtype,
+        augment=args.augment, tta=args.tta, crop=args.crop, decode=args.decode, seed=args.seed, workers=args.workers,
+        runtime=args.runtime, precision=args.precision, engine=args.engine, address=args.address,
+        gpus_per_worker=args.gpus_per_worker, overwrite=args.overwrite, progress=not args.quiet)
+    print(extract_with(args.dataset, args.output, options))
 
 
 def _cmd_train(args):
@@ -152,17 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="run the whole pipeline on an embedded dataset (digits), offline")
     s.add_argument("--workdir", default=".", help="where datasets/, features/, models/ go (default: .)")
-    s.add_argument("--backbone", default="efficientnet_lite0")
+    s.add_argument("--backbone", help="NAME (default: the one `featx backbones` marks)")
     s.add_argument("--weights", default="auto")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("extract", help="extract features of a folder of images into an HDF5 file")
     s.add_argument("dataset", help="folder of class folders (or train/val/test split folders, or flat images)")
     s.add_argument("-o", "--output", help="output file (default: features/<dataset>.h5)")
-    s.add_argument("--backbone", default="efficientnet_lite0", help="NAME[,NAME...] (see `featx backbones`)")
-    s.add_argument("--weights", default="auto", help="auto (offline ImageNet weights), none (random), or FILE")
+    s.add_argument("--backbone", help="NAME[,NAME...] (default: the one `featx backbones` marks)")
+    s.add_argument("--weights", default="auto",
+                   help="auto (offline ImageNet weights), none (random), or FILE (e.g. a fine-tuned .weights.h5)")
     s.add_argument("--pooling", default="avg", choices=["avg", "max", "flatten"])
-    s.add_argument("--layer", help="pool this intermediate layer instead of the last")
+    s.add_argument("--layer", help="pool this layer's output instead of the last feature map (a cut layer, "
+                   "e.g. block5c_add; a wrong name lists them)")
     s.add_argument("--image-size", type=int, help="input side in pixels (default: the backbone's)")
     s.add_argument("--crop", action="store_true", help="keep aspect ratio: resize shorter side, center crop")
     s.add_argument("--decode", choices=DECODE_CHOICES, default="reduced",
@@ -214,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-size", type=float, default=0.2, help="hold-out fraction without a val/ folder (default 0.2)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--features", default="features", help="folder for the cached maps (default: features/)")
-    s.add_argument("-o", "--output", default="models", help="folder for the weights file and bundles (default: models/)")
+    s.add_argument("-o", "--output", default="models", help="folder for the weights file and bundles (default: models)")
     _runtime_option(s)
     s.add_argument("--overwrite", action="store_true", help="start training over (maps with the same recipe are kept)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar while caching maps")

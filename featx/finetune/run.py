@@ -1,0 +1,283 @@
+"""`featx finetune`: cache the frozen bottom's maps once, fit a linear probe, fine-tune the top, write outputs.
+
+The maps at the cut are a feature file like any other (featx.extract with pooling "flatten",
+float16), so they are crash-safe, resumable and reused by every later run at the same cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featx import backbones, images
+from featx.atomic import writable_folder
+from featx.errors import FeatxError
+from featx.finetune.outputs import Outputs, affine_map, linear_head, scored_rows, write_outputs
+from featx.finetune.top import MapRows, TopConfig, TopNetwork, TopResult, train_top
+from featx.rows import class_order, grouped_train_test_split, mapped_labels
+
+__all__ = ["DEFAULTS", "FinetuneResult", "finetune"]
+
+# Chosen by measurement on knee grades and ants/bees (README, "Fine-tuning").
+DEFAULTS = dict(epochs=8, lr=3e-4, warmup=0.5, weight_decay=1e-4, patience=3, batch_size=32)
+VAL_SIZE = 0.2
+# A hold-out keeps one in five images of each class for validation, and the probe's 3-fold search
+# needs 3 training images of each class: below 5 images per class there is no honest hold-out.
+MIN_IMAGES_PER_CLASS = 5
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune` did: the leaderboard rows (val, and test), the history, and the files written."""
+
+    rows: list[dict]
+    test_rows: list[dict]
+    history: list[dict]
+    best_epoch: int
+    weights_file: Path
+    bundles: dict[str, Path]
+    report: str
+    label_names: list[str] = field(default_factory=list)
+    graded: bool = False
+    interrupted: bool = False
+
+    def __str__(self) -> str:
+        return self.report
+
+
+def finetune(dataset, *, backbone: str = backbones.DEFAULT_BACKBONE, weights="auto", train_from: str | None = None,
+             epochs: int = DEFAULTS["epochs"], lr: float = DEFAULTS["lr"], warmup: float = DEFAULTS["warmup"],
+             weight_decay: float = DEFAULTS["weight_decay"], patience: int = DEFAULTS["patience"],
+             batch_size: int = DEFAULTS["batch_size"], class_weight: str | None = None, image_size: int | None = None,
+             val_size: float = VAL_SIZE, seed: int = 0, features="features", output="models", runtime: str = "auto",
+             overwrite: bool = False, bootstrap: int = 1000, strategy=None, progress: bool = True,
+             log: Callable[[str], object] = print) -> FinetuneResult:
+    """Linear probe, then fine-tune the top of `backbone` on the class folders of `dataset`.
+
+    Splits: train/ and val/ folders (test/ is scored too), else a seeded, stratified hold-out of
+    `val_size`. train_from: the cut layer (default per backbone; "input" fine-tunes everything
+    from images). The frozen bottom's maps go to `features`/<name>-maps-<cut>[-<split>].h5 once;
+    outputs go to `output`: <name>-finetuned.weights.h5 and one bundle per head. A rerun resumes
+    from the last epoch's checkpoint; changed options are refused unless `overwrite`.
+    """
+    root = Path(dataset)
+    if not root.is_dir():
+        raise FeatxError(f"dataset folder {root} {'is a file' if root.exists() else 'not found'}; "
+                         "pass a folder of class folders (or train/ and val/ split folders)")
+    cut = backbones.default_cut(backbone) if train_from is None else backbones.check_cut(backbone, train_from)
+    _check_numbers(epochs=epochs, lr=lr, warmup=warmup, patience=patience, batch_size=batch_size, val_size=val_size)
+    if class_weight not in (None, "balanced"):
+        raise FeatxError(f"unknown --class-weight {class_weight!r}: use balanced")
+    name = root.resolve().name or "dataset"
+    split_roots = images.find_splits(root)
+    _check_splits(root, split_roots)
+    output = writable_folder(output, "-o")
+    writable_folder(features, "--features")
+    started = time.perf_counter()
+
+    size = int(image_size) if image_size else backbones.backbone_info(backbone)["input_size"]
+    net_config = dict(backbone=backbone, weights=str(weights), image_size=size, cut=cut, epochs=int(epochs),
+                      batch_size=int(batch_size), lr=float(lr), warmup=float(warmup),
+                      weight_decay=float(weight_decay), patience=int(patience), seed=int(seed))
+    maps = _cache_maps(root, Path(features) / f"{name}-maps-{cut}.h5", split_roots, backbone=backbone,
+                       weights=weights, image_size=size, cut=cut, seed=seed, runtime=runtime, overwrite=overwrite,
+                       progress=progress, log=log)
+    data = _labelled_splits(maps, val_size=val_size, seed=seed)
+    config = TopConfig(n_classes=len(data.class_names), graded=data.graded,
+                       class_weight=_class_weights(data.train, class_weight, len(data.class_names)), **net_config)
+    net = TopNetwork(config)
+    data = data.with_shape(net.map_shape)
+
+    log(f"linear probe on the frozen features of {len(data.train)} training images "
+        f"({len(data.class_names)} {'graded ' if data.graded else ''}classes)")
+    frozen = {split: net.predict(rows, config.batch_size, pooled=True) for split, rows in data.scored().items()}
+    probe = _fit_head("logreg", frozen["train"], data, class_weight, seed)
+    frozen_heads = {"logreg": probe}
+    if data.graded:
+        frozen_heads["ordinal"] = _fit_head("ordinal", frozen["train"], data, class_weight, seed)
+
+    checkpoint = Path(output) / f"{name}-finetune.checkpoint.npz"
+    if overwrite:
+        checkpoint.unlink(missing_ok=True)
+    log(f"fine-tuning {backbone} from {cut} ({'every layer' if cut == 'input' else 'the layers above it'}): "
+        f"{config.epochs} epoch(s) at most, lr {config.lr:g}, batch {config.batch_size}")
+    result: TopResult = train_top(config, data.train, data.val, head=affine_map(probe.best_estimator_,
+                                  frozen["train"].shape[1], config.n_classes), checkpoint=checkpoint,
+                                  strategy=strategy, log=log, network=None if strategy is not None else net)
+    if strategy is not None:
+        net = TopNetwork(config)
+    net.model.set_weights(result.weights)
+
+    tuned = {split: net.predict(rows, config.batch_size, pooled=True) for split, rows in data.scored().items()}
+    tuned_heads = {"logreg": linear_head(*net.head_weights())}
+    if data.graded:
+        tuned_heads["ordinal"] = _fit_head("ordinal", tuned["train"], data, class_weight, seed)
+    outputs = Outputs(name=name, folder=Path(output), class_names=data.class_names, graded=data.graded,
+                      maps_recipe=data.recipe, bootstrap=bootstrap, seed=seed,
+                      extra={"dataset": str(root), "cut": cut, "best_epoch": result.best_epoch,
+                             **{key: value for key, value in dataclasses.asdict(config).items() if key in DEFAULTS}})
+    rows = scored_rows(outputs, frozen_heads, tuned_heads, frozen, tuned, data.labels(), "val")
+    test_rows = scored_rows(outputs, frozen_heads, tuned_heads, frozen, tuned, data.labels(), "test") \
+        if data.test is not None else []
+    weights_file, bundles = write_outputs(outputs, net, tuned_heads, rows)
+    report = outputs.report(rows, test_rows, result, weights_file, bundles, time.perf_counter() - started)
+    if result.interrupted:
+        report += "\ninterrupted: outputs hold the best epoch so far; rerun the same command to continue"
+    return FinetuneResult(rows=rows, test_rows=test_rows, history=result.history, best_epoch=result.best_epoch,
+                          weights_file=weights_file, bundles=bundles, report=report, label_names=data.class_names,
+                          graded=data.graded, interrupted=result.interrupted)
+
+
+def _check_numbers(*, epochs, lr, warmup, patience, batch_size, val_size) -> None:
+    if int(epochs) < 1 or int(batch_size) < 1 or int(patience) < 1:
+        raise FeatxError(f"--epochs, --batch-size and --patience must be at least 1, got {epochs}, {batch_size}, "
+                         f"{patience}")
+    if not float(lr) > 0 or float(warmup) < 0:
+        raise FeatxError(f"--lr must be positive and --warmup 0 or more, got {lr} and {warmup}")
+    if not 0 < float(val_size) < 1:
+        raise FeatxError(f"--val-size must be between 0 and 1, got {val_size}")
+
+
+def _check_splits(root: Path, split_roots: dict) -> None:
+    """Split folders need a val/ split; class folders need enough images per class for a hold-out."""
+    if split_roots:
+        if "train" not in split_roots or "val" not in split_roots:
+            have = ", ".join(f"{split}/" for split in split_roots)
+            raise FeatxError(f"{root} has split folders {have} but fine-tuning needs train/ and val/ (or valid/): "
+                             "add the missing one, or give one folder of class folders for a hold-out")
+        return
+    listed = images.list_dataset(root)
+    if not listed.labeled:
+        raise FeatxError(f"{root} has images outside class folders; put each image in a folder named after its class")
+    counts = np.bincount(listed.labels, minlength=len(listed.label_names))
+    fewest = int(np.argmin(counts))
+    if counts[fewest] < MIN_IMAGES_PER_CLASS:
+        raise FeatxError(
+            f"{root} has only {counts[fewest]} image(s) of class {listed.label_names[fewest]!r}: a validation "
+            f"hold-out needs at least {MIN_IMAGES_PER_CLASS} per class; add images, or give train/ and val/ folders"
+        )
+
+
+def _cache_maps(root, maps_file: Path, split_roots, *, backbone, weights, image_size, cut, seed, runtime, overwrite,
+                progress, log) -> dict[str, Path]:
+    """The frozen bottom's maps of every split, extracted once (and resumed); {split: file}."""
+    from featx.extract import extract
+
+    layer = _input_layer(backbone) if cut == "input" else cut
+    options = dict(backbone=backbone, weights=weights, pooling="flatten", layer=layer, image_size=image_size,
+                   dtype="float16", seed=seed, progress=progress, log=log,
+                   # LiteRT's gain is in the convolutions; an input "cut" has none to run.
+                   runtime="keras" if cut == "input" else runtime)
+    cached = _cached_maps(root, maps_file, split_roots, options)
+    if cached is not None:
+        log(f"reusing the cached maps {', '.join(str(path) for path in cached.values())}")
+        return cached
+    try:
+        result = extract(root, maps_file, overwrite=False, **options)
+    except FeatxError:
+        if not overwrite:
+            raise
+        result = extract(root, maps_file, overwrite=True, **options)
+    return {summary.split or "all": Path(summary.output) for summary in result.files}
+
+
+def _cached_maps(root: Path, maps_file: Path, split_roots: dict, options: dict) -> dict[str, Path] | None:
+    """{split: file} when every maps file is complete, of these images and of this recipe; else None.
+
+    Checked from the files' attributes and the weights' hash, without building the backbone.
+    """
+    from featx.store import FeatureStore
+
+    weights = options["weights"]
+    weights = weights if weights in ("auto", "none") else Path(weights).expanduser().resolve()
+    _, digest = backbones.family_of(options["backbone"]).weights_identity(options["backbone"], weights)
+    folders = split_roots or {"all": root}
+    found = {}
+    for split, folder in folders.items():
+        path = maps_file if split == "all" else maps_file.with_name(f"{maps_file.stem}-{split}{maps_file.suffix}")
+        if not path.is_file():
+            return None
+        with FeatureStore(path) as store:
+            recipe, complete, rows = store.recipe, store.complete, len(store.paths) + len(store.skipped)
+        wanted = (options["backbone"], digest, options["layer"], options["image_size"], "flatten")
+        if (recipe is None or not complete or rows != len(images.list_dataset(folder))
+                or (recipe.backbone, recipe.weights_sha256, recipe.layer, recipe.image_size, recipe.pooling) != wanted):
+            return None
+        found[split] = path
+    return found
+
+
+def _input_layer(backbone: str) -> str:
+    return backbones.build_keras_model(backbone, weights="none").layers[0].name
+
+
+@dataclass
+class _Splits:
+    """Rows of the maps files for training, validation and (optionally) testing, with the class order."""
+
+    train: MapRows
+    val: MapRows
+    test: MapRows | None
+    class_names: list[str]
+    graded: bool
+    recipe: object
+
+    def scored(self) -> dict[str, MapRows]:
+        return {split: rows for split, rows in (("train", self.train), ("val", self.val), ("test", self.test))
+                if rows is not None}
+
+    def labels(self) -> dict[str, np.ndarray]:
+        return {split: np.asarray(rows.labels, dtype=np.int64) for split, rows in self.scored().items()}
+
+    def with_shape(self, shape) -> _Splits:
+        def shaped(rows):
+            return None if rows is None else dataclasses.replace(rows, shape=shape)
+
+        return dataclasses.replace(self, train=shaped(self.train), val=shaped(self.val), test=shaped(self.test))
+
+
+def _labelled_splits(maps: dict[str, Path], *, val_size: float, seed: int) -> _Splits:
+    from featx.store import FeatureStore
+
+    stores = {split: FeatureStore(path) for split, path in maps.items()}
+    first = stores.get("train") or stores["all"]
+    class_names, graded = class_order(first.label_names, None)
+    labels = {split: mapped_labels(store, class_names) for split, store in stores.items()}
+
+    def rows_of(split, indices=None):
+        y = labels[split] if indices is None else labels[split][indices]
+        return MapRows(str(maps[split]), tuple(int(v) for v in y), (0, 0, 0),
+                       None if indices is None else tuple(int(i) for i in indices))
+
+    if "all" in stores:
+        paths = np.asarray(stores["all"].paths, dtype=object)
+        groups = paths if len(paths) == len(labels["all"]) and all(paths) else np.arange(len(labels["all"]))
+        train_rows, val_rows = grouped_train_test_split(labels["all"], groups, test_size=val_size, seed=seed)
+        train, val, test = rows_of("all", np.sort(train_rows)), rows_of("all", np.sort(val_rows)), None
+    else:
+        train, val = rows_of("train"), rows_of("val")
+        test = rows_of("test") if "test" in stores else None
+    return _Splits(train=train, val=val, test=test, class_names=class_names, graded=graded, recipe=first.recipe)
+
+
+def _fit_head(name: str, X, data: _Splits, class_weight, seed):
+    from featx.heads import make_head
+
+    head = make_head(name, n_classes=len(data.class_names), class_weight=class_weight, seed=seed)
+    return head.fit(X, np.asarray(data.train.labels, dtype=np.int64))
+
+
+def _class_weights(train: MapRows, class_weight, n_classes: int) -> tuple[float, ...] | None:
+    """'balanced' as scikit-learn computes it (n / (k * count)), one weight per class; None otherwise."""
+    if class_weight is None:
+        return None
+    counts = np.bincount(np.asarray(train.labels), minlength=n_classes).astype(float)
+    present = counts > 0
+    weights = np.ones_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return tuple(float(w) for w in weights)

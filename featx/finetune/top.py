@@ -1,0 +1,363 @@
+"""The training function: the top of a backbone (cut -> feature map -> pool -> Dense) trained on cached maps.
+
+`train_top` takes plain options and file paths, so one function serves this process, a
+MirroredStrategy over local GPUs and Ray Train workers (featx.finetune.distributed): the
+model is built inside `strategy.scope()` when a strategy is given. Batches stream from the
+HDF5 maps file a block at a time, so memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featx import backbones
+from featx.atomic import atomic_output
+from featx.errors import FeatxError
+from featx.metrics import accuracy, quadratic_weighted_kappa
+
+__all__ = ["MapRows", "TopConfig", "TopResult", "TopNetwork", "map_batches", "map_dataset", "train_top"]
+
+BLOCK_ROWS = 512  # rows read from HDF5 at once: ~22 MB of 14x14x112 float16 maps
+# Tracing the train step into a graph costs 10-40 s on a busy 2-core CPU; a run this short is faster eagerly.
+EAGER_STEPS = 16
+
+
+@dataclass(frozen=True)
+class TopConfig:
+    """Everything that decides a training run; plain values, so it pickles to Ray workers."""
+
+    backbone: str
+    weights: str  # "auto", "none" or a file: what the top starts from
+    image_size: int
+    cut: str  # the layer the top starts after; "input" trains the whole network from images
+    n_classes: int
+    graded: bool  # the val metric: QWK when True, accuracy otherwise
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup: float = 0.5  # epochs of linear warm-up before the cosine decay
+    weight_decay: float = 1e-4
+    patience: int = 3
+    seed: int = 0
+    class_weight: tuple[float, ...] | None = None
+
+    @property
+    def metric(self) -> str:
+        return "qwk" if self.graded else "accuracy"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class MapRows:
+    """Rows of a maps file (featx.extract with pooling='flatten' at the cut): all of them, or `rows`."""
+
+    path: str
+    labels: tuple[int, ...]  # class index of each used row, in the training class order
+    shape: tuple[int, int, int]  # one row's map (H, W, C)
+    rows: tuple[int, ...] | None = None  # sorted row indices; None = every row
+
+    def indices(self) -> np.ndarray:
+        if self.rows is not None:
+            return np.asarray(self.rows, dtype=np.int64)
+        return np.arange(len(self.labels), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TopResult:
+    """What training gave: the best epoch's weights (TopNetwork.model.get_weights() order) and the history."""
+
+    weights: list[np.ndarray]
+    best_epoch: int  # 0: the linear probe itself scored best
+    best_metric: float
+    history: list[dict] = field(default_factory=list)
+    finished: bool = True  # every epoch ran or early stopping ended it
+    interrupted: bool = False  # Ctrl-C: the best epoch so far is kept
+
+
+class TopNetwork:
+    """The full backbone, its trainable top from the cut, and a Dense classification layer on the pooled map."""
+
+    def __init__(self, config: TopConfig):
+        import keras
+        from keras import layers
+
+        self.full = backbones.build_keras_model(config.backbone, weights=config.weights, image_size=config.image_size)
+        feature = self.full.get_layer(backbones.feature_layer(config.backbone)).output
+        start = self.full.input if config.cut == "input" else self.full.get_layer(config.cut).output
+        # Layers are shared with `full`: training the top trains the full model saved afterwards.
+        self.top = keras.Model(start, feature, name="featx_top")
+        for layer in self.top.layers:
+            # Small batches give noisy statistics: BatchNorm keeps ImageNet's (inference mode).
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
+        self.map_shape = tuple(int(d) for d in start.shape[1:])
+        inputs = keras.Input(self.map_shape, name="featx_maps")
+        pooled = layers.GlobalAveragePooling2D(name="featx_pool")(self.top(inputs))
+        self.pooled = keras.Model(inputs, pooled, name="featx_pooled")
+        logits = layers.Dense(config.n_classes, name="featx_head")(pooled)
+        self.model = keras.Model(inputs, logits, name="featx_finetune")
+        self.head = self.model.get_layer("featx_head")
+
+    def set_head(self, W: np.ndarray, b: np.ndarray) -> None:
+        self.head.set_weights([np.asarray(W, np.float32), np.asarray(b, np.float32)])
+
+    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        W, b = self.head.get_weights()
+        return np.asarray(W, np.float64), np.asarray(b, np.float64)
+
+    def predict(self, data: MapRows, batch_size: int, *, pooled: bool = False) -> np.ndarray:
+        """Logits (or pooled features) of every row of `data`, in order, read a block at a time."""
+        model = self.pooled if pooled else self.model
+        out = [np.asarray(model(batch, training=False)) for batch, _ in map_batches(data, batch_size)]
+        return np.concatenate(out).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def map_batches(data: MapRows, batch_size: int, *, shuffle: bool = False, seed: int = 0, flip: bool = False,
+                augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(maps (B, H, W, C) float32, labels (B,)) batches of `data`; shuffled blocks when `shuffle`.
+
+    Shuffling permutes blocks of rows and the rows of what is pending: reads stay contiguous (fast
+    in HDF5) and memory stays at about two blocks, while batches still mix across the file.
+    flip: mirror each map left-right with probability 1/2. augment: (image, rng) -> image, per row.
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    indices, labels, shape = data.indices(), np.asarray(data.labels, dtype=np.int64), tuple(data.shape)
+    blocks = [np.arange(i, min(i + BLOCK_ROWS, len(indices))) for i in range(0, len(indices), BLOCK_ROWS)]
+    if shuffle:
+        blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+    with h5py.File(data.path, "r") as handle:
+        features = handle["features"]
+        if features.shape[1] != math.prod(shape):
+            raise FeatxError(f"{data.path} holds rows of {features.shape[1]} values, not maps of {shape}; "
+                             "rerun `featx finetune` with --overwrite")
+        pending_x, pending_y = np.empty((0, *shape), np.float32), np.empty(0, np.int64)
+        for n, block in enumerate(blocks):
+            rows = indices[block]
+            chunk = features[int(rows[0]):int(rows[-1]) + 1][rows - rows[0]]
+            x = np.concatenate([pending_x, chunk.astype(np.float32).reshape(len(rows), *shape)])
+            y = np.concatenate([pending_y, labels[block]])
+            last = n == len(blocks) - 1
+            if shuffle:
+                order = rng.permutation(len(y))
+                x, y = x[order], y[order]
+            # Shuffling keeps half of the pool back for the next block, so blocks mix.
+            keep = len(y) if last else (len(y) // (2 if shuffle else 1) // batch_size) * batch_size
+            for start in range(0, keep, batch_size):
+                yield _augmented(x[start:start + batch_size], rng, flip, augment), y[start:start + batch_size]
+            pending_x, pending_y = x[keep:], y[keep:]
+
+
+def _augmented(batch, rng, flip, augment):
+    if flip:
+        mirrored = rng.random(len(batch)) < 0.5
+        batch[mirrored] = batch[mirrored][:, :, ::-1]
+    if augment is not None:
+        batch = np.stack([augment(image, rng) for image in batch])
+    return batch
+
+
+def map_dataset(data: MapRows, config: TopConfig, *, first_epoch: int = 0, train: bool = True):
+    """A tf.data.Dataset of `map_batches`, repeated: pass k of the file is epoch first_epoch + k, seeded by it.
+
+    Every pass yields ceil(rows / batch_size) batches, so steps_per_epoch = that count ends each epoch
+    exactly at the end of one pass.
+    """
+    import itertools
+
+    import tensorflow as tf
+
+    from featx.images import augment as affine
+
+    epochs = itertools.count(first_epoch)
+    image_augment = affine if (train and config.cut == "input") else None
+
+    def generate():
+        for epoch in epochs:
+            yield from map_batches(data, config.batch_size, shuffle=train, seed=config.seed * 1_000_003 + epoch,
+                                   flip=train and config.cut != "input", augment=image_augment)
+
+    signature = (tf.TensorSpec((None, *data.shape), tf.float32), tf.TensorSpec((None,), tf.int64))
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_top(config: TopConfig, train: MapRows, val: MapRows, *, head: tuple[np.ndarray, np.ndarray],
+              checkpoint: str | Path | None = None, strategy=None, log: Callable[[str], object] = print,
+              network: TopNetwork | None = None) -> TopResult:
+    """Fine-tune the top and its Dense layer (initialised from `head` = (W (D, C), b (C,))); keep the best epoch.
+
+    checkpoint: a file written (atomically) after every epoch and resumed from when it exists.
+    strategy: a tf.distribute strategy; the network is built in its scope. network: an already
+    built TopNetwork for `config` (its weights are replaced), to save building it twice.
+    """
+    import contextlib
+
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        net = network if network is not None else TopNetwork(config)
+        net.set_head(*head)
+        steps = max(1, math.ceil(len(train.indices()) / config.batch_size))
+        optimizer = keras.optimizers.AdamW(learning_rate=_schedule(config, steps), weight_decay=config.weight_decay)
+        net.model.compile(optimizer=optimizer, jit_compile=False, metrics=["accuracy"],
+                          run_eagerly=steps * config.epochs <= EAGER_STEPS,
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    state = _Progress(config, net, val, log)
+    if checkpoint is not None and Path(checkpoint).exists():
+        state.resume(Path(checkpoint), optimizer)
+    else:
+        state.score_probe()
+    if not state.finished:
+        callback = _epoch_end(state, checkpoint, optimizer)
+        class_weight = None if config.class_weight is None else dict(enumerate(config.class_weight))
+        try:
+            net.model.fit(map_dataset(train, config, first_epoch=state.epoch), steps_per_epoch=steps, verbose=0,
+                          epochs=config.epochs, initial_epoch=state.epoch, class_weight=class_weight,
+                          shuffle=False, callbacks=[callback])
+            state.finished = True
+        except KeyboardInterrupt:
+            log(f"interrupted: keeping epoch {state.best_epoch} ({config.metric} {state.best_metric:.4f})")
+            return state.result(interrupted=True)
+    return state.result()
+
+
+def _schedule(config: TopConfig, steps_per_epoch: int):
+    import keras
+
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(config.warmup * steps_per_epoch)))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.lr * 0.01 if warmup else config.lr, decay_steps=max(1, total - warmup),
+        warmup_target=config.lr if warmup else None, warmup_steps=warmup)
+
+
+class _Progress:
+    """The val metric per epoch, the best weights so far, early stopping, and the checkpoint's content."""
+
+    def __init__(self, config: TopConfig, net: TopNetwork, val: MapRows, log):
+        self.config, self.net, self.val, self.log = config, net, val, log
+        self.y_val = np.asarray(val.labels, dtype=np.int64)
+        self.epoch, self.best_epoch, self.best_metric = 0, 0, -math.inf
+        self.best_weights: list[np.ndarray] = []
+        self.history: list[dict] = []
+        self.finished = False
+
+    def val_metric(self) -> float:
+        predicted = np.argmax(self.net.predict(self.val, self.config.batch_size), axis=1)
+        if self.config.graded:
+            return float(quadratic_weighted_kappa(self.y_val, predicted, labels=np.arange(self.config.n_classes)))
+        return float(accuracy(self.y_val, predicted))
+
+    def score_probe(self) -> None:
+        started = time.perf_counter()
+        self.best_metric = self.val_metric()
+        self.best_weights = self.net.model.get_weights()
+        self.history.append({"epoch": 0, "loss": None, "train_accuracy": None, "val_metric": self.best_metric,
+                             "seconds": time.perf_counter() - started})
+        self.log(f"epoch 0 (linear probe): val {self.config.metric} {self.best_metric:.4f}")
+
+    def end_epoch(self, epoch: int, logs: dict, seconds: float) -> list[str]:
+        """Score the epoch, keep it when best, decide whether to stop; the lines to log."""
+        metric = self.val_metric()
+        self.epoch = epoch
+        entry = {"epoch": epoch, "loss": float(logs.get("loss", math.nan)),
+                 "train_accuracy": float(logs.get("accuracy", math.nan)), "val_metric": metric, "seconds": seconds}
+        self.history.append(entry)
+        if metric > self.best_metric:
+            self.best_epoch, self.best_metric, self.best_weights = epoch, metric, self.net.model.get_weights()
+        best = " (best)" if self.best_epoch == epoch else ""
+        lines = [f"epoch {epoch}/{self.config.epochs}: loss {entry['loss']:.4f}, train accuracy "
+                 f"{entry['train_accuracy']:.4f}, val {self.config.metric} {metric:.4f}{best}, {seconds:.1f} s"]
+        if epoch - self.best_epoch >= self.config.patience and epoch < self.config.epochs:
+            lines.append(f"stopping early: no better val {self.config.metric} for {self.config.patience} epoch(s)")
+        self.finished = epoch >= self.config.epochs or epoch - self.best_epoch >= self.config.patience
+        return lines
+
+    def result(self, interrupted: bool = False) -> TopResult:
+        return TopResult(weights=self.best_weights, best_epoch=self.best_epoch, best_metric=self.best_metric,
+                         history=list(self.history), finished=self.finished, interrupted=interrupted)
+
+    def save(self, path: Path, optimizer) -> None:
+        arrays = {f"current_{i}": w for i, w in enumerate(self.net.model.get_weights())}
+        arrays.update({f"best_{i}": w for i, w in enumerate(self.best_weights)})
+        arrays.update({f"optimizer_{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+        meta = {"config": self.config.to_json(), "epoch": self.epoch, "best_epoch": self.best_epoch,
+                "best_metric": self.best_metric, "history": self.history, "finished": self.finished}
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
+        with atomic_output(path, "then rerun the same command to resume") as temporary:
+            temporary.write_bytes(buffer.getvalue())
+
+    def resume(self, path: Path, optimizer) -> None:
+        with np.load(path, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+            arrays = {key: saved[key] for key in saved.files if key != "meta"}
+        changed = option_changes(json.loads(meta["config"]), dataclasses.asdict(self.config))
+        if changed:
+            raise FeatxError(f"{path} was trained with {changed}; rerun with the same options to resume, or pass "
+                             "--overwrite to start training over (the cached maps are kept)")
+        count = len(self.net.model.get_weights())
+        self.net.model.set_weights([arrays[f"current_{i}"] for i in range(count)])
+        self.best_weights = [arrays[f"best_{i}"] for i in range(count)]
+        optimizer.build(self.net.model.trainable_variables)
+        for i, variable in enumerate(optimizer.variables):
+            variable.assign(arrays[f"optimizer_{i}"])
+        self.epoch, self.best_epoch, self.best_metric = meta["epoch"], meta["best_epoch"], meta["best_metric"]
+        self.history, self.finished = meta["history"], meta["finished"]
+        if not self.finished:
+            self.log(f"resuming after epoch {self.epoch} from {path} (best: epoch {self.best_epoch}, "
+                     f"val {self.config.metric} {self.best_metric:.4f})")
+
+
+def option_changes(saved: dict, now: dict) -> str:
+    """'--lr 0.001, not 0.0003; ...' for each option whose value differs; '' when none does."""
+    return "; ".join(f"--{key.replace('_', '-')} {saved.get(key)!r}, not {now[key]!r}"
+                     for key in now if saved.get(key) != _jsonable(now[key]))
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _epoch_end(state: _Progress, checkpoint, optimizer):
+    """A Keras callback: after each epoch the val metric, the best weights, a checkpoint, early stopping."""
+    import keras
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            lines = state.end_epoch(epoch + 1, logs or {}, time.perf_counter() - self.started)
+            if checkpoint is not None:
+                state.save(Path(checkpoint), optimizer)
+            for line in lines:
+                state.log(line)
+            if state.finished:
+                self.model.stop_training = True
+
+    return EpochEnd()

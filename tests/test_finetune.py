@@ -1,0 +1,140 @@
+"""featx finetune on tiny real images: outputs, Ctrl-C and resume, predict, re-extraction, refusals."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import featx
+from featx.cli import main
+from featx.errors import FeatxError
+from featx.finetune import finetune
+from featx.finetune.outputs import affine_map
+from featx.finetune.top import MapRows, TopConfig, TopNetwork
+from featx.store import FeatureStore
+
+SIZE = 32  # Lite0 at 32 px: block5c_add maps are 2 x 2 x 112
+OPTIONS = dict(weights="none", image_size=SIZE, epochs=2, patience=5, runtime="keras", bootstrap=20, progress=False)
+
+
+def _write_dataset(root, per_class: int):
+    rng = np.random.default_rng(0)
+    for grade, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        folder = root / str(grade)
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 30, (48, 48, 3))
+            cv2.imwrite(str(folder / f"{i}.png"), np.clip(np.array(color) + noise, 0, 255).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One run interrupted (a real KeyboardInterrupt) after epoch 1, then the same command to the end."""
+    tmp = tmp_path_factory.mktemp("finetune")
+    data = _write_dataset(tmp / "grades", per_class=6)
+    paths = dict(features=tmp / "features", output=tmp / "models")
+
+    def interrupt_after_epoch_1(line):
+        if line.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    first = finetune(data, **OPTIONS, **paths, log=interrupt_after_epoch_1)
+    lines = []
+    second = finetune(data, **OPTIONS, **paths, log=lines.append)
+    return dict(tmp=tmp, data=data, first=first, second=second, lines=lines, **paths)
+
+
+def test_ctrl_c_keeps_the_best_epoch_and_writes_outputs(run):
+    first = run["first"]
+    assert first.interrupted
+    assert [entry["epoch"] for entry in first.history] == [0, 1]
+    assert first.weights_file.is_file()
+    assert set(first.bundles) == {"logreg", "ordinal"}  # integer class names: graded, ordinal refit
+    assert {row["features"] for row in first.rows} == {"frozen", "fine-tuned"}
+    assert all("qwk" in row for row in first.rows)
+
+
+def test_rerun_resumes_after_the_finished_epoch_and_reuses_the_maps(run):
+    second = run["second"]
+    assert any(line.startswith("resuming after epoch 1") for line in run["lines"])
+    assert not any(line.startswith("loaded backbone") for line in run["lines"])  # no second pass over the images
+    assert [entry["epoch"] for entry in second.history] == [0, 1, 2]
+    assert not second.interrupted
+
+
+def test_bundle_predicts_through_the_cli(run, capsys):
+    out = run["tmp"] / "predictions.csv"
+    bundle = run["second"].bundles["logreg"]
+    assert main(["predict", str(bundle), str(run["data"] / "1"), "-o", str(out), "--runtime", "keras"]) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and not any(row["error"] for row in rows)
+    assert sum(row["predicted"] == "1" for row in rows) >= 5  # colours this plain are told apart
+
+
+def test_weights_file_reextracts_the_fine_tuned_features(run):
+    """featx extract --weights FILE gives the features the fine-tuned network computes from the maps."""
+    weights = run["second"].weights_file
+    result = featx.extract(run["data"], run["tmp"] / "again.h5", weights=weights, image_size=SIZE, runtime="keras",
+                           progress=False, log=lambda line: None)
+    extracted = FeatureStore(result.files[0].output)
+    maps = FeatureStore(next(run["features"].glob("*-maps-block5c_add.h5")))
+    config = TopConfig(backbone="efficientnet_lite0", weights=str(weights), image_size=SIZE, cut="block5c_add",
+                       n_classes=3, graded=True)
+    net = TopNetwork(config)
+    tuned = net.predict(MapRows(str(maps.path), tuple(maps.labels), net.map_shape), 8, pooled=True)
+    order = [list(maps.paths).index(path) for path in extracted.paths]
+    np.testing.assert_allclose(extracted.features[:], tuned[order], rtol=0.02, atol=0.02)
+    assert extracted.recipe.weights_sha256 == featx.load_bundle(run["second"].bundles["logreg"]).recipe.weights_sha256
+
+
+def test_changed_option_is_refused_naming_it(run):
+    with pytest.raises(FeatxError, match=r"--lr 0\.0003, not 0\.001.*--overwrite"):
+        finetune(run["data"], **OPTIONS, lr=1e-3, features=run["features"], output=run["output"])
+
+
+def test_a_cut_that_does_not_exist_lists_the_valid_ones(run):
+    with pytest.raises(FeatxError, match="block5c_add"):
+        finetune(run["data"], **dict(OPTIONS, epochs=1), train_from="block99_add", features=run["features"],
+                 output=run["tmp"] / "other")
+
+
+def test_too_few_images_for_a_hold_out(tmp_path):
+    data = _write_dataset(tmp_path / "tiny", per_class=2)
+    with pytest.raises(FeatxError, match="at least 5 per class"):
+        finetune(data, **OPTIONS, features=tmp_path / "f", output=tmp_path / "m")
+
+
+def test_predict_refuses_a_weights_file_that_changed(run, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(run["output"], models)
+    weights = run["second"].weights_file
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original + b"changed")
+        with pytest.raises(FeatxError, match=str(weights.name)):
+            featx.predict(run["second"].bundles["logreg"], [run["data"] / "0"], output=tmp_path / "p.csv",
+                          runtime="keras")
+    finally:
+        weights.write_bytes(original)
+
+
+def test_linear_probe_folds_into_one_affine_map():
+    """Scaling, rotation and the softmax regression of the logreg head are exactly x @ W + b."""
+    from featx.heads import make_head
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 12)) * rng.uniform(0.1, 10, 12) + rng.normal(size=12)
+    y = np.repeat(np.arange(3), 20)
+    X[y == 1, :3] += 2.0
+    head = make_head("logreg", n_classes=3).fit(X, y)
+    W, b = affine_map(head.best_estimator_, X.shape[1], 3)
+    logits = X @ W + b
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probabilities / probabilities.sum(axis=1, keepdims=True), head.predict_proba(X),
+                               atol=1e-6)
