@@ -9,7 +9,7 @@ from importlib import resources
 
 import numpy as np
 
-from featx.backbones import runtime as runtime_mod
+from featx.backbones.preprocessing import float_batch, preprocess, preprocessing_mode
 from featx.errors import FeatxError
 from featx.recipe import Recipe
 
@@ -44,7 +44,7 @@ class Backbone:
         self.precision = precision
         self.model = model  # the pooled Keras model, when it was built (not for a cached LiteRT run)
         self._features_fn = features_fn
-        self._mode = runtime_mod.preprocessing_mode(preprocessing)
+        self._mode = preprocessing_mode(preprocessing)
         self._classifier = classifier  # a callable building the classifier model, or None
         self._classifier_model = None
         self._classify_fn = None
@@ -67,14 +67,11 @@ class Backbone:
 
     def preprocess(self, batch) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) -> float32, with this model's own input recipe."""
-        return runtime_mod.preprocess(batch, self._mode)
+        return preprocess(batch, self._mode)
 
     def __call__(self, batch) -> np.ndarray:
         """Preprocessed float batch (N, input_size, input_size, 3) -> features (N, feature_dim) float32."""
-        batch = np.asarray(batch)
-        if batch.dtype == np.uint8:
-            raise FeatxError("backbone got uint8 pixels: call backbone.preprocess(batch) first")
-        _check_batch_shape(batch, self.input_size)
+        batch = float_batch(batch, self.input_size)
         return np.asarray(self._features_fn(batch.astype(np.float32, copy=False)), dtype=np.float32)
 
     def recipe(self, **extraction) -> Recipe:
@@ -126,11 +123,6 @@ def _as_rgb_batch(batch) -> np.ndarray:
     if batch.dtype != np.uint8:
         raise FeatxError(f"expected uint8 pixels, got {batch.dtype}; decode images with featx.images")
     return batch
-
-
-def _check_batch_shape(batch: np.ndarray, size: int) -> None:
-    if batch.ndim != 4 or batch.shape[1:] != (size, size, 3) or batch.shape[0] < 1:
-        raise FeatxError(f"expected a batch shaped (N, {size}, {size}, 3), got {batch.shape}; resize images first")
 
 
 def _resize_batch(batch: np.ndarray, size: int) -> np.ndarray:

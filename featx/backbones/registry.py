@@ -18,6 +18,7 @@ from featx.backbones import runtime as runtime_mod
 from featx.backbones.backbone import Backbone, imagenet_class_names
 from featx.backbones.family import RANDOM_WEIGHTS_SOURCE, Family, file_sha256
 from featx.backbones.family import check_cut as _family_check_cut
+from featx.backbones.preprocessing import default_check_image
 from featx.cores import usable_cores
 from featx.errors import FeatxError
 from featx.recipe import Recipe
@@ -245,7 +246,7 @@ def check_image(name: str = DEFAULT_BACKBONE, image_path=None, weights="auto", t
     """ImageNet top-k classes for one image: a quick proof that the weights are real."""
     from featx.images import load_image  # the decoder extract uses: alpha, 16-bit, EXIF, any path
 
-    path = Path(image_path) if image_path is not None else runtime_mod.default_check_image()
+    path = Path(image_path) if image_path is not None else default_check_image()
     image = _center_square(load_image(path))
     # The classifier layers exist in the Keras model only.
     return get_backbone(name, weights=weights, runtime="keras").classify(image[None], top=top)[0]
