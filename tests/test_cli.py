@@ -10,6 +10,7 @@ import numpy as np
 
 from featx import HDF5DatasetWriter, Recipe, __version__
 from featx.backbones.runtime import resolve_runtime
+from featx.choices import HEAD_NAMES
 from featx.cli import main
 
 RECIPE = Recipe(backbone="efficientnet_lite0", weights_source="none (random init, seed 0)", image_size=224,
@@ -113,7 +114,7 @@ def test_train_and_evaluate_through_the_cli(tmp_path, capsys):
     assert evaluation[0] == f"{bundle} on {features} (40 images)" and "accuracy" in evaluation[1]
     assert main(["train", str(features), "--heads", "no-such-head", "-o", str(models)]) == 1
     assert capsys.readouterr().err.strip() == ("featx: error: unknown head 'no-such-head'; choose from "
-                                               "logreg, svm, svm-rbf, ridge, ordinal, mlp, sgd or all")
+                                               f"{', '.join(HEAD_NAMES)} or all")
 
 
 def test_backbones_check_through_the_cli(tmp_path, capsys, monkeypatch):
