@@ -44,7 +44,8 @@ def ivf_index(train_rows: np.ndarray, n_rows: int):
     """An empty inverted-file index for about `n_rows` rows, its cells trained on `train_rows`."""
     f = faiss()
     dim = train_rows.shape[1]
-    cells = int(min(max(16, 4 * np.sqrt(n_rows)), max(16, len(train_rows) // 8)))
+    # faiss wants 39 training rows per cell (it warns below that).
+    cells = int(min(max(16, 4 * np.sqrt(n_rows)), max(16, len(train_rows) // 39)))
     index = f.IndexIVFFlat(f.IndexFlatIP(dim), dim, cells, f.METRIC_INNER_PRODUCT)
     index.train(np.ascontiguousarray(train_rows, dtype=np.float32))
     index.nprobe = min(IVF_PROBES, cells)
