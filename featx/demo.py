@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from featx.backbones import DEFAULT_BACKBONE
 from featx.extract import extract
 from featx.predict import predict
 from featx.train import train
@@ -47,9 +48,13 @@ def write_digits(root, *, test_fraction=0.2, seed=0, size=32) -> tuple[int, int]
     return len(train_idx), len(test_idx)
 
 
-def run_demo(workdir=".", *, backbone="efficientnet_lite0", weights="auto", image_size=None,
+def run_demo(workdir=".", *, backbone=None, weights="auto", image_size=None,
              heads=DEMO_HEADS, progress=True, log=print):
-    """Dataset -> features -> heads -> bundle -> predictions, saying at each step where outputs go."""
+    """Dataset -> features -> heads -> bundle -> predictions, saying at each step where outputs go.
+
+    backbone: None for featx's default backbone.
+    """
+    backbone = backbone or DEFAULT_BACKBONE
     work = Path(workdir)
     t0 = time.perf_counter()
     data = work / "datasets" / "digits"

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featx import backbones as registry
 from featx import images
 from featx.atomic import writable_folder
+from featx.backbones import DEFAULT_BACKBONE
 from featx.errors import FeatxError
-from featx.recipe import DECODE_CHOICES
-from featx.runner import Extraction, ExtractResult, Feeding, decode_workers
+from featx.extract_options import ExtractOptions
+from featx.runner import Extraction, ExtractResult
 
-__all__ = ["DEFAULT_FEATURES_DIR", "extract"]
+__all__ = ["DEFAULT_FEATURES_DIR", "ExtractOptions", "extract", "extract_with"]
 
 DEFAULT_FEATURES_DIR = "features"
 
@@ -63,16 +63,7 @@ def _list_splits(split_roots, seed) -> dict:
     return shared
 
 
-def _backbone_names(backbone) -> list[str]:
-    names = [b.strip() for b in (backbone.split(",") if isinstance(backbone, str) else backbone) if b.strip()]
-    if not names:
-        raise FeatxError("no backbone given")
-    if len(set(names)) != len(names):
-        raise FeatxError(f"backbone listed twice: {','.join(names)}")
-    return names
-
-
-def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="auto", pooling="avg",
+def extract(dataset, output=None, *, backbone=DEFAULT_BACKBONE, weights="auto", pooling="avg",
             image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
             tta=None, crop=False, decode="reduced", seed=0, workers=None, runtime="auto", precision="float32",
             engine="local", address=None, gpus_per_worker=0, overwrite=False, progress=True,
@@ -80,6 +71,8 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
     """Extract features of every image under `dataset` into HDF5 feature files; resumable.
 
     backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
+    weights: "auto" (ImageNet, found offline), "none" (seeded random) or a weights file, such as the
+    .weights.h5 `featx finetune` writes; its sha256 goes into the recipe.
     A dataset with train/val/test folders gives one file per split with one shared class list.
     Rerunning continues an interrupted extraction; a run whose recipe differs from the existing
     file's (any key, e.g. --crop or --augment) is refused unless `overwrite`.
@@ -90,52 +83,39 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
     precision: "float32", or "fp16" (LiteRT, CPUs with fp16 arithmetic; recorded in the recipe).
     engine: "local" (decoding threads, `workers` of them) or "ray" (Ray Data: `workers` backbone actors with
     `gpus_per_worker` GPUs each, on the cluster at `address` or RAY_ADDRESS, else on a local Ray instance).
+    The keywords fill one `ExtractOptions`; `extract_with` takes that object directly.
     """
+    options = ExtractOptions.from_keywords(
+        backbone=backbone, weights=weights, pooling=pooling, image_size=image_size, layer=layer,
+        batch_size=batch_size, buffer_size=buffer_size, dtype=dtype, augment=augment, tta=tta, crop=crop,
+        decode=decode, seed=seed, workers=workers, runtime=runtime, precision=precision, engine=engine,
+        address=address, gpus_per_worker=gpus_per_worker, overwrite=overwrite, progress=progress)
+    return extract_with(dataset, output, options, log=log)
+
+
+def extract_with(dataset, output, options: ExtractOptions, *, log: Callable[[str], object] = print) -> ExtractResult:
+    """`extract` with its options already grouped and checked (what the CLI calls)."""
     root = Path(dataset)
     if not root.is_dir():
         what = "is a file, not a folder of images" if root.exists() else "not found"
         raise FeatxError(f"dataset folder {root} {what}; pass a folder of class folders")
-    names = _backbone_names(backbone)
-    if tta not in (None, "", "none", "flip"):
-        raise FeatxError(f"unknown --tta {tta!r}: use 'flip'")
-    if decode not in DECODE_CHOICES:
-        raise FeatxError(f"unknown --decode {decode!r}: use {' or '.join(DECODE_CHOICES)}")
-    if augment < 0:
-        raise FeatxError(f"--augment must be 0 or more, got {augment}")
-    if batch_size < 1 or buffer_size < 1:
-        raise FeatxError(f"--batch-size and --buffer-size must be at least 1, got {batch_size} and {buffer_size}")
-    if dtype not in ("float32", "float16"):
-        raise FeatxError(f"unknown --dtype {dtype!r}: use float32 or float16")
-    if engine not in ("local", "ray"):
-        raise FeatxError(f"unknown --engine {engine!r}: use local or ray")
-    engine_options = {}
-    if engine == "ray":
+    extraction = Extraction
+    if options.engine.name == "ray":
         from featx.engines import ray as ray_engine  # only here: featx runs without Ray installed
 
-        ray_engine.connect(address, log=log)  # a wrong --address fails now, before any backbone loads
-        engine_options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker, runtime=runtime)
-    elif address or gpus_per_worker:
-        raise FeatxError("--address and --gpus-per-worker are options of --engine ray")
-    feeding = Feeding(batch_size=batch_size, workers=decode_workers(workers), tta="flip" if tta == "flip" else None,
-                       crop=bool(crop), seed=int(seed), decode=decode)
+        ray_engine.connect(options.engine.address, log=log)  # a wrong --address fails now, before any backbone loads
+        extraction = ray_engine.RayExtraction
 
+    seed = options.feeding.seed
     split_roots = images.find_splits(root)
     splits = _list_splits(split_roots, seed) if split_roots else {None: images.list_dataset(root, seed=seed)}
-    outputs = _output_paths(root, output, list(splits), names)
+    outputs = _output_paths(root, output, list(splits), options.backbones.names)
     for folder in sorted({out.parent for out in outputs.values()}):
         # Before loading any backbone; nothing is created yet, in case a later check fails.
         writable_folder(folder, "-o", create=False)
-    models = []
-    for name in names:
-        model = registry.get_backbone(name, weights=weights, pooling=pooling, image_size=image_size, layer=layer,
-                                      runtime=runtime, precision=precision)
-        log(f"loaded backbone {name} (weights: {weights}; runtime: {model.runtime} {model.precision})")
-        models.append(model)
-
-    extraction = ray_engine.RayExtraction if engine == "ray" else Extraction
-    run = extraction(models, outputs, feeding, buffer_size=buffer_size, dtype=dtype, overwrite=overwrite,
-                     progress=progress, log=log, **engine_options)
+    run = extraction(options.backbones.build(log), outputs, options, log=log)
     t_start = time.perf_counter()
+    augment = options.augment
     if augment and split_roots:
         log(f"augmenting the train split only ({augment} copies per image): "
             "validation and test images are scored as they are")
@@ -144,4 +124,4 @@ def extract(dataset, output=None, *, backbone="efficientnet_lite0", weights="aut
         # Augmented copies only help a head learn; stage 2 scores original images only.
         processed += run.split(ds, split, augment=augment if split in (None, "train") else 0)
     return ExtractResult(files=run.summaries, seconds=time.perf_counter() - t_start,
-                         images_processed=processed, timings=dict(run.timer.t, workers=feeding.workers))
+                         images_processed=processed, timings=dict(run.timer.t, workers=options.feeding.workers))

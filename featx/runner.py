@@ -296,14 +296,13 @@ def decode_workers(workers):
 class Extraction:
     """One `extract` call: the backbones, where each (split, backbone) goes, and what was written."""
 
-    def __init__(self, models, outputs, feeding: Feeding, *, buffer_size, dtype, overwrite, progress, log):
+    def __init__(self, models, outputs, options, *, log):
+        """options: an `ExtractOptions` (its feeding, writing and engine)."""
         self.models = models
         self.outputs = outputs
-        self.feeding = feeding
-        self.buffer_size = buffer_size
-        self.dtype = dtype
-        self.overwrite = overwrite
-        self.progress = progress
+        self.options = options
+        self.feeding = options.feeding
+        self.writing = options.writing
         self.log = log
         self.timer = Timer()
         self.summaries: list[FileSummary] = []
@@ -348,8 +347,8 @@ class Extraction:
         recipe = model.recipe(resize="crop" if feeding.crop else "stretch", tta=feeding.tta or "",
                               decode=feeding.decode, augment=feeding.augment, seed=feeding.seed)
         writer = HDF5DatasetWriter(
-            (len(ds), model.feature_dim), out, buffer_size=self.buffer_size, dtype=self.dtype, recipe=recipe,
-            mode="w" if self.overwrite else ("a" if exists else "w-"),
+            (len(ds), model.feature_dim), out, buffer_size=self.writing.buffer_size, dtype=self.writing.dtype,
+            recipe=recipe, mode="w" if self.writing.overwrite else ("a" if exists else "w-"),
             attrs={"dataset_root": str(Path(ds.root).resolve()), "split": split or ""},
         )
         try:
@@ -361,7 +360,7 @@ class Extraction:
 
     def _run(self, items, writers, needs, feeding: Feeding, desc: str) -> list[tuple[str, str]]:
         """Decode, infer and buffer every item; returns the (path, reason) of those skipped."""
-        bar = tqdm(total=len(items), unit="img", desc=desc, disable=not self.progress or not items,
+        bar = tqdm(total=len(items), unit="img", desc=desc, disable=not self.writing.progress or not items,
                    dynamic_ncols=True)
         skips = []
         try:

@@ -395,3 +395,24 @@ def test_float16_features_and_bad_options(tmp_path, backbone):
         with pytest.raises(FeatxError):
             run(data, tmp_path / "bad.h5", **bad)
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_one_options_object_carries_the_keywords_to_the_runner(tmp_path):
+    from featx.backbones import DEFAULT_BACKBONE
+    from featx.extract import ExtractOptions, extract_with
+
+    options = ExtractOptions.from_keywords(backbone=BACKBONE, weights="none", image_size=SIZE, batch_size=3,
+                                           tta="flip", workers=1, buffer_size=2, progress=False)
+    assert options.backbones.names == (BACKBONE,) and options.backbones.image_size == SIZE
+    assert (options.feeding.batch_size, options.feeding.tta, options.feeding.workers) == (3, "flip", 1)
+    assert (options.writing.buffer_size, options.writing.progress, options.engine.name) == (2, False, "local")
+    assert ExtractOptions.from_keywords().backbones.names == (DEFAULT_BACKBONE,)
+
+    data = make_dataset(tmp_path / "d", n=2)
+    grouped = extract_with(data, tmp_path / "grouped.h5", options, log=lambda *a: None)
+    loose = run(data, tmp_path / "loose.h5", batch_size=3, tta="flip", workers=1, buffer_size=2)
+    with FeatureStore(grouped.files[0].output) as a, FeatureStore(loose.files[0].output) as b:
+        assert a.recipe == b.recipe and list(a.paths) == list(b.paths)
+        np.testing.assert_array_equal(a.features[:], b.features[:])
+    with pytest.raises(FeatxError, match="--address and --gpus-per-worker are options of --engine ray"):
+        ExtractOptions.from_keywords(address="127.0.0.1:6379")

@@ -198,15 +198,13 @@ class BackboneActor:
 class RayExtraction(Extraction):
     """The runner's `Extraction` (writers, resume, summaries) with images decoded and inferred on Ray."""
 
-    def __init__(self, *args, address=None, workers=None, gpus_per_worker=0, runtime="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.address = address
-        self.runtime = runtime
-        self.gpus_per_worker = float(gpus_per_worker or 0)
-        if self.gpus_per_worker < 0:
-            raise FeatxError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
+    def __init__(self, models, outputs, options, *, log):
+        super().__init__(models, outputs, options, log=log)
+        engine = options.engine
+        self.address, self.runtime, self.gpus_per_worker = engine.address, options.backbones.runtime, \
+            engine.gpus_per_worker
         # Checked now, before any writer opens: a cluster too small for the actors asked for is a usage error.
-        self.actors = actors_for(connect(address, log=self.log), workers, self.gpus_per_worker)
+        self.actors = actors_for(connect(self.address, log=self.log), engine.workers, self.gpus_per_worker)
         self.timer.t.update(engine="ray", actors=self.actors, first_batch=0.0)
 
     def _run(self, items, writers, needs, feeding, desc: str) -> list[tuple[str, str]]:
@@ -230,7 +228,7 @@ class RayExtraction(Extraction):
                          fn_constructor_kwargs=dict(tta=feeding.tta, batch_size=feeding.batch_size,
                                                     runtime=self.runtime))
         )
-        bar = tqdm(total=len(items), unit="img", desc=desc, disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(total=len(items), unit="img", desc=desc, disable=not self.writing.progress, dynamic_ncols=True)
         skips = []
         try:
             batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
