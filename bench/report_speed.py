@@ -155,7 +155,7 @@ def main() -> int:
     args = parser.parse_args()
     before = Path(tempfile.mkdtemp()) / "featx-before"
     before.mkdir()
-    archive = subprocess.run(["git", "archive", args.before, "featx"], cwd=HERE, capture_output=True, check=True)
+    archive = subprocess.run(["git", "archive", args.before, "featx"], cwd=HERE.parent, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
     after = HERE.parent
     for name in args.data.split(","):

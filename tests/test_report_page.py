@@ -28,7 +28,7 @@ from featx.report import (
     report,
     write_report_page,
 )
-from featx.report.page import FeatureMap, Predictions
+from featx.report.page import FeatureMap, PageSection, Predictions
 from featx.rows import Rows
 from featx.store import HDF5DatasetWriter
 
@@ -195,6 +195,16 @@ def test_graded_labels_get_kappa_and_a_grade_error_histogram(tmp_path):
     bars = dict(re.findall(r"<title>([+-]\d) grade\(s\): (\d+)</title>", text))
     assert bars == {"-2": "1", "-1": "0", "+0": "4", "+1": "1", "+2": "0"}
     assert 'id="label-issues"' not in text and 'id="map"' not in text  # no data, no section
+
+
+def test_another_stage_adds_a_numbered_section_after_featx_own(tmp_path):
+    audit = PageSection("duplicates", "Near-duplicates across splits", "<p>3 pairs</p>")
+    data = _summary(sections=[audit])
+    text = write_report_page(tmp_path / "sections.html", data).read_text(encoding="utf-8")
+    headings = re.findall(r'<section id="([^"]+)"><h2>(\d+)\. ([^<]+)</h2>', text)
+    assert headings == [("leaderboard", "1", "Leaderboard and recipe"),
+                        ("duplicates", "2", "Near-duplicates across splits")]
+    assert '<h2>2. Near-duplicates across splits</h2><p>3 pairs</p></section>' in text
 
 
 def test_a_class_without_training_rows_keeps_its_row_and_column(tmp_path):

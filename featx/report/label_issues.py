@@ -127,6 +127,21 @@ def _confident_learning(labels: np.ndarray, probabilities: np.ndarray) -> np.nda
         return np.asarray(cleanlab_issues(labels, probabilities, n_jobs=1), dtype=bool)
 
 
+def _suggestions(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The class confident learning files each row under: the likeliest other class whose probability reaches
+    that class's threshold (the mean probability of the rows labelled with it), else the likeliest other class."""
+    n_rows, n_classes = probabilities.shape
+    sums = np.bincount(labels, weights=probabilities[np.arange(n_rows), labels], minlength=n_classes)
+    counts = np.bincount(labels, minlength=n_classes)
+    # No rows labelled j: nothing says how sure the model must be to call a row a j.
+    thresholds = np.divide(sums, counts, out=np.full(n_classes, np.inf), where=counts > 0)
+    others = probabilities.copy()
+    others[np.arange(n_rows), labels] = -np.inf
+    confident = others >= thresholds[None, :]
+    return np.where(confident.any(axis=1), np.argmax(np.where(confident, others, -np.inf), axis=1),
+                    np.argmax(others, axis=1))
+
+
 def _quality(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     from cleanlab.rank import get_label_quality_scores
 
@@ -149,9 +164,7 @@ def find_label_issues(probabilities, labels, *, graded: bool = False, paths: Seq
         raise ValueError(f"labels must be class indices 0..{n_classes - 1}")
     flagged = _confident_learning(labels, probabilities) if n_rows else np.zeros(0, dtype=bool)
     quality = _quality(labels, probabilities) if n_rows else np.zeros(0)
-    others = probabilities.copy()
-    others[np.arange(n_rows), labels] = -np.inf
-    suggested = np.argmax(others, axis=1) if n_classes > 1 else np.zeros(n_rows, dtype=np.int64)
+    suggested = _suggestions(labels, probabilities) if n_classes > 1 else np.zeros(n_rows, dtype=np.int64)
     reasons = np.full(n_rows, "confident learning", dtype=object)
     expected = None
     if graded:
