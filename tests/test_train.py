@@ -386,3 +386,34 @@ def test_logreg_chooses_c_by_log_loss_so_clear_cases_get_confident_probabilities
     assert row["params"]["C"] > 1e-4
     head = load_bundle(result.bundles["logreg"]).head
     assert head.predict_proba(rows).max(axis=1).mean() > 0.9
+
+
+def test_the_pipeline_fits_and_scores_a_named_head_on_arrays():
+    """What fine-tuning calls: a head by name on rows in memory, scored into train's leaderboard format."""
+    from featx.pipeline import Options, fit_and_score, leaderboard_text
+    from featx.pipeline_split import Split
+
+    every, every_label = separable(16, 3)
+    tested = np.arange(len(every_label)) % 4 == 0  # one row in four of the same clusters
+    rows, labels, test_rows, test_labels = every[~tested], every_label[~tested], every[tested], every_label[tested]
+    split = Split.from_arrays(rows, labels, test_rows, test_labels, ["0", "1", "2"])
+    head, row, predicted = fit_and_score("logreg", split, Options(bootstrap=50, progress=False))
+    assert split.graded and row["head"] == "logreg" and row["accuracy"] == 1.0 and row["qwk"] == 1.0
+    assert row["accuracy_ci"] == [1.0, 1.0] and "C" in row["params"] and row["fit_seconds"] > 0
+    np.testing.assert_array_equal(predicted, head.predict(test_rows))
+    table = leaderboard_text([row], "accuracy").splitlines()
+    assert table[0].split()[:3] == ["head", "params", "cv"] and table[2].startswith("logreg ")
+    assert table[-1].startswith("(cv score: the head's own hyperparameter search on the training rows, in accuracy")
+
+
+def test_no_featx_module_imports_another_modules_private_names():
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in Path(featx.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("featx"):
+                offenders += [f"{path.name}: {node.module}.{alias.name}" for alias in node.names
+                              if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert offenders == []
