@@ -64,7 +64,7 @@ class _Rows:
         self.stores = stores
         self.splits = _split_names(stores)
         names: dict[str, int] = {}
-        files, local, labels, self.paths = [], [], [], []
+        files, local, labels, self.paths, self.subjects = [], [], [], [], []
         for i, store in enumerate(stores):
             keep = np.flatnonzero(store.aug == 0) if store.aug is not None else np.arange(len(store))
             # Seeds-style files may hold labels without names: a label is then named by its number.
@@ -74,6 +74,9 @@ class _Rows:
             local.append(keep)
             labels.append(mapping[np.where(store.labels[keep] >= 0, store.labels[keep], -1)])
             self.paths += [store.paths[j] for j in keep]
+            # Until a file records subjects (--group), a path's stem is its subject: one picture name in two splits.
+            subjects = store.subjects or [Path(p).stem if p else None for p in store.paths]
+            self.subjects += [subjects[j] for j in keep]
         self.file = np.concatenate(files)
         self.local = np.concatenate(local)
         self.labels = np.concatenate(labels)
@@ -101,11 +104,6 @@ class _Rows:
         label = int(self.labels[i])
         return {"file": self.stores[file].path, "split": self.splits[file], "row": int(self.local[i]),
                 "path": self.paths[i], "label": self.label_names[label] if label >= 0 else ""}
-
-    def subject(self, i: int) -> str | None:
-        # Until files record subjects, a path's stem is its subject: the same picture name in two splits.
-        path = self.paths[i]
-        return Path(path).stem if path else None
 
 
 def _any_between(sorted_ids: np.ndarray, start: int, stop: int) -> bool:
@@ -283,7 +281,7 @@ def _subjects_across(rows: _Rows) -> list[tuple[str, list[str], list[int]]]:
         return []
     members: dict[str, list[int]] = {}
     for i in range(len(rows)):
-        subject = rows.subject(i)
+        subject = rows.subjects[i]
         if subject is not None:
             members.setdefault(subject, []).append(i)
     spanning = []

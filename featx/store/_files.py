@@ -72,6 +72,10 @@ class Contents:
             return [""] * self._span(start, stop)
         return [str(p) for p in self.file["paths"].asstr()[start:stop]]
 
+    def subjects(self) -> list[str] | None:
+        """The subject of each row (see featx.store.subjects), or None when the file records none."""
+        return [str(s) for s in self.file["subjects"].asstr()[()]] if "subjects" in self.file else None
+
     def has_aug(self) -> bool:
         return "aug" in self.file and bool(self.attrs.get("has_aug", True))
 
@@ -100,7 +104,7 @@ class Contents:
             raise ValueError(f"features of shape {self.features.shape}, not (rows, dims)")
         if self.features.dtype.kind not in "fiu":
             raise ValueError(f"features of dtype {self.features.dtype}, not numbers")
-        for name, kinds, ndim in (("labels", "iu", 1), ("aug", "iu", 1), ("paths", "SOU", 1),
+        for name, kinds, ndim in (("labels", "iu", 1), ("aug", "iu", 1), ("paths", "SOU", 1), ("subjects", "SOU", 1),
                                   ("label_names", "SOU", 1), ("skipped", "SOU", 2)):
             column = self.file.get(name)
             if column is None:
@@ -109,7 +113,7 @@ class Contents:
                 what = "a group" if not isinstance(column, h5py.Dataset) else \
                     f"shape {column.shape}, dtype {column.dtype}"
                 raise ValueError(f"column {name!r} is {what}")
-            if name in ("labels", "aug", "paths") and column.shape[0] != n:
+            if name in ("labels", "aug", "paths", "subjects") and column.shape[0] != n:
                 raise ValueError(f"{n} feature rows but {column.shape[0]} {name}")
         if "skipped" in self.file and self.file["skipped"].shape[1] != 2:
             raise ValueError(f"column 'skipped' of shape {self.file['skipped'].shape}, not (files, 2)")

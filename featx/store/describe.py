@@ -10,6 +10,7 @@ from featx.recipe import Recipe
 from featx.store._durable import list_shards, parts_dir
 from featx.store._files import WRITER_ATTRS, open_shard, rows_in_shards
 from featx.store.reader import FeatureStore
+from featx.store.subjects import subject_counts
 
 
 def describe(path, max_skipped: int = 5) -> str:
@@ -36,6 +37,8 @@ def _describe_store(store: FeatureStore, max_skipped: int) -> list[str]:
         f"feature dim: {store.dim} ({store.dtype}, dataset {store.data_key!r})",
     ]
     lines += _class_lines(store.labels, store.label_names)
+    if store.subjects is not None:
+        lines.append(f"{subject_counts(store.subjects)}, named by --group '{store.group_regex}'")
     if store.aug is not None:
         lines.append(f"augmented copies: {int(np.count_nonzero(store.aug))} "
                      f"of {len(store)} rows (max aug index {int(store.aug.max(initial=0))})")

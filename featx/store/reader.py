@@ -33,6 +33,7 @@ class FeatureStore:
             self.label_names = contents.label_names()
             self.paths = contents.paths()
             self.aug = contents.aug() if "aug" in self._file else None
+            self.subjects = contents.subjects()
             self.skipped = contents.skipped()
             self.attrs = contents.attrs
             self.recipe: Recipe | None = contents.recipe
@@ -72,6 +73,12 @@ class FeatureStore:
         """The folder the paths are relative to, when the file records it."""
         root = self.attrs.get("dataset_root")
         return root if isinstance(root, str) and root else None
+
+    @property
+    def group_regex(self) -> str | None:
+        """The --group regex whose first group named the subjects, when the file records subjects."""
+        regex = self.attrs.get("group_regex")
+        return regex if isinstance(regex, str) and regex else None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])

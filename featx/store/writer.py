@@ -25,6 +25,7 @@ from featx.errors import FeatxError
 from featx.recipe import Recipe, mismatch
 from featx.store._durable import Lock, list_shards, parts_dir, remove_temp_leftovers, write_hdf5_atomically
 from featx.store._files import FORMAT, SHARD_FORMAT, STR, WRITER_ATTRS, Contents, open_featx_file, open_shard
+from featx.store.subjects import subjects_of
 
 _CHUNK_BYTES = 512 * 1024  # within h5py's recommended 0.1-1 MiB chunk size
 _COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied per step while assembling
@@ -409,6 +410,11 @@ class HDF5DatasetWriter:
             out.attrs["parts_generation"] = self._generation
             out.create_dataset("label_names", data=np.array(self._label_names, dtype=object),
                                dtype=STR)
+            if self._attrs.get("group_regex"):
+                # From the final paths, so a resumed or re-grouped file always names the subjects of its rows.
+                subjects = subjects_of(sink.paths.asstr()[()], self._attrs["group_regex"],
+                                       self._attrs.get("group_unmatched", "refuse"))
+                out.create_dataset("subjects", data=subjects, dtype=STR)
 
         write_hdf5_atomically(self.output_path, f"{self.output_path}.tmp-{os.getpid()}", fill)
         # The final file now records this generation, so a kill during removal is harmless.

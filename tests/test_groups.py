@@ -1,0 +1,64 @@
+"""Subjects (--group): named from knee-style paths, recorded in the feature file, counted by info."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featx.cli import main
+from featx.errors import FeatxError
+from featx.store import FeatureStore, HDF5DatasetWriter, describe, subjects_of
+
+KNEE = r"(\d+)[LR]\."
+# Two knees of most patients, in different grade folders, as in the shared knee set's names.
+PATHS = ["0/9003126L.png", "3/9003126R.png", "1/9012345L.png", "1/9012345R.png", "2/9876543L.png",
+         "0/9111111R.png", "4/9111111L.png"]
+
+
+def test_subjects_are_the_first_group_searched_in_the_relative_path():
+    assert list(subjects_of(PATHS, KNEE)) == ["9003126", "9003126", "9012345", "9012345", "9876543",
+                                             "9111111", "9111111"]
+    assert list(subjects_of(["left/12_left.jpeg", "right\\12_right.jpeg"], r"(\d+)_(?:left|right)")) == ["12", "12"]
+
+
+def test_unmatched_paths_are_refused_with_examples_or_become_their_own_subject():
+    paths = [*PATHS, "0/notes.png", "2/scan.png"]
+    refusal = r"2 of 9 image paths \(e.g. '0/notes.png', '2/scan.png'\).*--group-unmatched own"
+    with pytest.raises(FeatxError, match=refusal):
+        subjects_of(paths, KNEE)
+    subjects = subjects_of(paths, KNEE, unmatched="own")
+    assert len(set(subjects[-2:])) == 2 and not set(subjects[-2:]) & set(subjects[:-2])
+
+
+@pytest.mark.parametrize(("regex", "message"), [("(\\d+", "not a valid regular expression"),
+                                                ("\\d+[LR]", "no capture group")])
+def test_a_bad_regex_is_refused_in_one_line(regex, message):
+    with pytest.raises(FeatxError, match=message):
+        subjects_of(PATHS, regex)
+
+
+def _grouped_file(path, paths, buffer_size=3, **group):
+    writer = HDF5DatasetWriter((len(paths), 4), path, buffer_size=buffer_size)
+    writer.store_class_labels(["0", "1", "2", "3", "4"])
+    writer.set_attrs(**group)
+    for start in range(0, len(paths), 2):  # several shards: the subjects are named on the assembled rows
+        part = paths[start:start + 2]
+        writer.add(np.ones((len(part), 4), np.float32), [int(p[0]) for p in part], paths=part)
+    writer.close()
+
+
+def test_the_feature_file_records_subjects_and_info_counts_them(tmp_path, capsys):
+    _grouped_file(tmp_path / "knee.h5", PATHS, group_regex=KNEE, group_unmatched="refuse")
+    with FeatureStore(tmp_path / "knee.h5") as store:
+        assert store.group_regex == KNEE
+        assert store.subjects == list(subjects_of(PATHS, KNEE))
+    assert f"subjects: 4 (1 with 1, 3 with 2 images each), named by --group '{KNEE}'" in describe(tmp_path / "knee.h5")
+    assert main(["info", str(tmp_path / "knee.h5")]) == 0
+    assert "subjects: 4" in capsys.readouterr().out
+
+
+def test_a_file_without_group_records_no_subjects(tmp_path):
+    _grouped_file(tmp_path / "plain.h5", PATHS)
+    with FeatureStore(tmp_path / "plain.h5") as store:
+        assert store.subjects is None and store.group_regex is None
+    assert "subjects" not in describe(tmp_path / "plain.h5")
