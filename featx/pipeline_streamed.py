@@ -48,7 +48,7 @@ def train_streamed(features: Path, options: Options, log) -> TrainResult:
         store = stack.enter_context(FeatureStore(features))
         class_names, graded = class_order(store.label_names, options.ordinal)
         labels = mapped_labels(store, class_names)
-        groups = row_groups(store_paths(store), len(labels))
+        groups = row_groups(store_paths(store), len(labels), store.subjects)
         rows = np.flatnonzero(labels >= 0)
         if len(np.unique(labels[rows])) < 2:
             raise FeatxError(f"{features} has fewer than 2 labelled classes; a classifier needs at least 2")

@@ -31,7 +31,7 @@ class Rows:
 
     X: np.ndarray  # (n, D) float32
     y: np.ndarray  # class index of each row
-    groups: np.ndarray  # source image of each row: augmented copies share it
+    groups: np.ndarray  # what splits keep together: the subject (--group), else the source image
     aug: np.ndarray  # 0 = the original image, k = its k-th augmented copy
     paths: np.ndarray  # image path of each row, relative to `root` ("" when the file has none)
     root: str | None = None  # the dataset folder the paths are relative to, when recorded
@@ -39,13 +39,13 @@ class Rows:
     widths: tuple[int, ...] = ()  # feature widths of fused files, side by side in X; () for one file
 
     @classmethod
-    def of(cls, X, y, paths=None, *, aug=None, root=None, source="") -> Rows:
-        """Rows from arrays; a row's source image (its group) is its path, or the row itself without one."""
+    def of(cls, X, y, paths=None, *, aug=None, root=None, source="", subjects=None) -> Rows:
+        """Rows from arrays; a row's group is its subject, else its source image (path), else the row itself."""
         n = len(y)
         paths = np.array([""] * n if paths is None else [str(p) for p in paths], dtype=object)
         aug = np.zeros(n, dtype=np.int64) if aug is None else np.asarray(aug, dtype=np.int64)
-        return cls(X=np.asarray(X), y=np.asarray(y, dtype=np.int64), groups=row_groups(paths, n), aug=aug, paths=paths,
-                   root=root, source=source)
+        return cls(X=np.asarray(X), y=np.asarray(y, dtype=np.int64), groups=row_groups(paths, n, subjects), aug=aug,
+                   paths=paths, root=root, source=source)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -70,12 +70,15 @@ class Rows:
         return len(np.unique(self.groups)) < len(self.groups)
 
 
-def row_groups(paths: Sequence[str] | None, n: int) -> np.ndarray:
+def row_groups(paths: Sequence[str] | None, n: int, subjects: Sequence[str] | None = None) -> np.ndarray:
     """The group of each of `n` rows, which splits never cut: its source image, so augmented copies stay together.
 
-    A row without a path (files written through the seed-style API record none) is its own image.
+    A row without a path (files written through the seed-style API record none) is its own image. Where the
+    file names subjects (`featx extract --group`), the subject is the group: a patient's images stay together.
     Every split and streamed fit takes its groups from here.
     """
+    if subjects is not None:
+        return np.array([f"subject {subject}" for subject in subjects], dtype=object)
     paths = [""] * n if paths is None else paths
     return np.array([str(path) or f"<row {i}>" for i, path in enumerate(paths)], dtype=object)
 
@@ -144,7 +147,8 @@ def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[st
         raise FeatxError(f"{store.path} is damaged: its features cannot be read ({' '.join(str(error).split())}); "
                          "recreate it with `featx extract`") from None
     X = _finite(X, store.path)
-    every = Rows.of(X, mapped, store_paths(store), aug=store.aug, root=store.dataset_root, source=str(store.path))
+    every = Rows.of(X, mapped, store_paths(store), aug=store.aug, root=store.dataset_root, source=str(store.path),
+                    subjects=store.subjects)
     return every if len(rows) == len(mapped) else every.subset(rows)
 
 

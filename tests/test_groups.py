@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from featx.cli import main
 from featx.errors import FeatxError
+from featx.rows import grouped_train_test_split, read_rows
 from featx.store import FeatureStore, HDF5DatasetWriter, describe, subjects_of
 
 KNEE = r"(\d+)[LR]\."
@@ -62,3 +65,33 @@ def test_a_file_without_group_records_no_subjects(tmp_path):
     with FeatureStore(tmp_path / "plain.h5") as store:
         assert store.subjects is None and store.group_regex is None
     assert "subjects" not in describe(tmp_path / "plain.h5")
+
+
+@pytest.fixture(scope="module")
+def knees(tmp_path_factory):
+    """120 patients x 2 knees (grades 0-2, the knees of a patient a grade apart at most), subjects recorded."""
+    path = tmp_path_factory.mktemp("groups") / "knees.h5"
+    rng = np.random.default_rng(0)
+    grades = np.clip(np.repeat(rng.integers(0, 3, 120), 2) + rng.integers(0, 2, 240) * (np.arange(240) % 2), 0, 2)
+    paths = [f"{g}/{9000000 + i // 2}{'LR'[i % 2]}.png" for i, g in enumerate(grades)]
+    features = (np.eye(3, 16)[grades] * 2 + rng.normal(size=(240, 16))).astype(np.float32)
+    with HDF5DatasetWriter((240, 16), path, buffer_size=50) as writer:
+        writer.store_class_labels(["0", "1", "2"])
+        writer.set_attrs(group_regex=KNEE)
+        writer.add(features, grades, paths=paths)
+    return path
+
+
+def test_a_grouped_split_never_puts_a_patient_on_both_sides(knees):
+    with FeatureStore(knees) as store:
+        rows = read_rows(store, ["0", "1", "2"], log=lambda message: None)
+    assert rows.grouped and len(set(rows.groups)) == 120
+    for seed in range(5):
+        train, test = grouped_train_test_split(rows.y, rows.groups, test_size=0.25, seed=seed)
+        patients = [{Path(p).stem[:-1] for p in rows.paths[side]} for side in (train, test)]
+        assert patients[0] and patients[1] and not patients[0] & patients[1]
+
+
+def test_train_on_a_grouped_file_runs_end_to_end(knees, tmp_path, capsys):
+    assert main(["train", str(knees), "--heads", "logreg,knn", "-o", str(tmp_path), "--no-report", "-q"]) == 0
+    assert "knn" in capsys.readouterr().out and sorted(p.suffix for p in tmp_path.glob("*.skops")) == [".skops"] * 2
