@@ -25,6 +25,7 @@ from featx.errors import FeatxError  # noqa: E402
 
 _PUBLIC = {
     "extract": "featx.extract",
+    "ExtractOptions": "featx.extract",
     "train": "featx.train",
     "evaluate": "featx.evaluate",
     "predict": "featx.predict",

@@ -23,6 +23,7 @@ from featx.backbones import (
     list_backbones,
     torch_legacy,
 )
+from featx.backbones.family import Family, load_weights_file, seeded_random_init
 from featx.errors import FeatxError
 from featx.recipe import Recipe
 
@@ -511,3 +512,63 @@ def test_a_fine_tuned_keras_application_file_loads_back(tmp_path):
     expected = np.asarray(full(inputs, training=False)).mean(axis=(1, 2))
     np.testing.assert_allclose(backbone(inputs), expected, rtol=1e-4, atol=1e-5)
     assert len(backbone.weights_sha256) == 64
+
+
+class TinyFamily(Family):
+    """A family as a new module would add it: two convolutions, no ImageNet weights, not for LiteRT."""
+
+    family = "tiny"
+    litert_convertible = False
+
+    def names(self):
+        return ["tiny_net"]
+
+    def info(self, name):
+        return {"name": name, "input_size": 32, "feature_dim": 8, "family": self.family,
+                "weights_source": "none", "weights_available": False}
+
+    def imagenet_weights(self, name):
+        raise FeatxError("tiny_net has no ImageNet weights: pass --weights none or a FILE")
+
+    def build_full(self, name, weights, image_size):
+        import keras
+
+        inputs = keras.Input((image_size, image_size, 3))
+        x = keras.layers.Conv2D(4, 3, strides=2, name="block1_conv")(inputs)
+        model = keras.Model(inputs, keras.layers.Conv2D(8, 3, strides=2, name="block2_conv")(x), name=name)
+        if weights == "none":
+            seeded_random_init(model)
+        else:
+            load_weights_file(model, weights, name, "weights saved from tiny_net")
+        return model
+
+    def classifier(self, name, weights, full):
+        return None
+
+    def preprocessing(self, name):
+        return "keras mobilenet_v2 tf"
+
+    def feature_layer(self, name):
+        return "block2_conv"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside keras' save_weights
+def test_a_new_family_is_one_class_and_one_table_entry(tmp_path, monkeypatch):
+    from featx.backbones import build_keras_model, cut_layers, default_cut, registry
+
+    monkeypatch.setattr(registry, "FAMILIES", registry.FAMILIES + (TinyFamily(),))
+    assert "tiny_net" in list_backbones() and backbone_info("tiny_net")["family"] == "tiny"
+    assert cut_layers("tiny_net") == ["input", "block1_conv", "block2_conv"] and default_cut("tiny_net") == "input"
+
+    full = build_keras_model("tiny_net", weights="none")
+    full.get_layer("block2_conv").set_weights([w + 0.5 for w in full.get_layer("block2_conv").get_weights()])
+    path = tmp_path / "tiny.weights.h5"
+    full.save_weights(path)
+    backbone = get_backbone("tiny_net", weights=str(path))  # runtime auto: Keras, as the family cannot run LiteRT
+    assert backbone.runtime == "keras" and backbone.feature_dim == 8
+    inputs = backbone.preprocess(np.random.default_rng(7).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    np.testing.assert_allclose(backbone(inputs), np.asarray(full(inputs)).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FeatxError, match="tiny_net does not run on LiteRT: use --runtime keras"):
+        get_backbone("tiny_net", weights="none", runtime="litert")
+    with pytest.raises(FeatxError, match="no ImageNet weights"):
+        get_backbone("tiny_net")

@@ -92,7 +92,7 @@ class Family:
         sides = [side for _, side in cuts]
         # A network that downsamples only at its very end (VGG's last pooling) has its last stage one step up.
         final = sides[-1] if sides.count(sides[-1]) > 1 else sides[-2]
-        return [cut for cut, side in cuts[1:-1] if side > final][-1]
+        return [cut for cut, side in cuts[:-1] if side > final][-1]
 
 
 @functools.cache
