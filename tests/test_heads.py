@@ -505,6 +505,15 @@ def spied_grid_search():
     return GridSearchCV(_SplitSpy(), {"C": [1.0, 2.0]}, cv=3, scoring="neg_log_loss")
 
 
+def spied_halving_search():
+    """A halving search, which scikit-learn offers only once enabled: featx must still pass it groups."""
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    # return_train_score would log the training rows' own predictions as a split.
+    return HalvingGridSearchCV(_SplitSpy(), {"C": [1.0, 2.0]}, cv=3, scoring="neg_log_loss", return_train_score=False)
+
+
 def spied_path_search():
     return PathSearchCV(_SplitSpy(), "C", [1.0, 2.0], scoring="neg_log_loss")
 
@@ -517,7 +526,7 @@ def assert_no_split_shares_a_group(groups):
 
 @pytest.mark.parametrize("head", [
     "path search", "fold ensemble of path searches", "ordinal over a path search", "fold ensemble of ordinal",
-    "fold ensemble of grid searches", "ordinal over a grid search",
+    "fold ensemble of grid searches", "ordinal over a grid search", "fold ensemble of halving searches",
 ])
 def test_internal_cross_validation_keeps_augmented_copies_together(head):
     X, y, groups = augmented_near_duplicates()
@@ -529,6 +538,7 @@ def test_internal_cross_validation_keeps_augmented_copies_together(head):
         "fold ensemble of ordinal": FoldEnsemble(OrdinalThresholds(estimator=path, cv="search"), n_splits=3),
         "fold ensemble of grid searches": FoldEnsemble(grid, n_splits=3),
         "ordinal over a grid search": OrdinalThresholds(estimator=grid, cv=3),
+        "fold ensemble of halving searches": FoldEnsemble(spied_halving_search(), n_splits=3),
     }[head]
     SPY_SPLITS.clear()
     fit_head(estimator, X, y, groups)

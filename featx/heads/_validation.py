@@ -105,8 +105,9 @@ _SEARCH_NAMES = ("GridSearchCV", "RandomizedSearchCV", "HalvingGridSearchCV", "H
 
 def is_search(estimator) -> bool:
     """True for scikit-learn's hyper-parameter searches (a `cv` that splits, and groups passed to it)."""
-    searches = tuple(getattr(sklearn.model_selection, name) for name in _SEARCH_NAMES
-                     if hasattr(sklearn.model_selection, name))
+    # vars(), not getattr: scikit-learn 1.6 raises ImportError for a halving search not yet enabled.
+    found = vars(sklearn.model_selection)
+    searches = tuple(found[name] for name in _SEARCH_NAMES if name in found)
     return isinstance(estimator, searches)
 
 
