@@ -513,6 +513,13 @@ def test_a_fine_tuned_keras_application_file_loads_back(tmp_path):
     np.testing.assert_allclose(backbone(inputs), expected, rtol=1e-4, atol=1e-5)
     assert len(backbone.weights_sha256) == 64
 
+    # Features made with a file that has moved: predict and the Ray workers say where it was.
+    moved = path.rename(tmp_path / "moved.weights.h5")
+    with pytest.raises(FeatxError, match=r"made with the weights file .*finetuned.weights.h5 .* no longer there"):
+        from_recipe(backbone.recipe(), runtime="keras")
+    np.testing.assert_array_equal(from_recipe(backbone.recipe(), weights=moved, runtime="keras")(inputs),
+                                  backbone(inputs))
+
 
 class TinyFamily(Family):
     """A family as a new module would add it: two convolutions, no ImageNet weights, not for LiteRT."""

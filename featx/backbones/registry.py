@@ -220,6 +220,9 @@ def from_recipe(recipe: Recipe, weights=None, *, runtime: str = "auto", n_jobs: 
     """
     if weights is None:
         weights = _weights_of(recipe)
+        if weights not in ("none", "auto") and not Path(weights).is_file():
+            raise FeatxError(f"the {recipe.backbone} features were made with the weights file {weights} (sha256 "
+                             f"{recipe.weights_sha256[:12]}...), which is no longer there: put it back at that path")
     backbone = get_backbone(recipe.backbone, weights=weights, pooling=recipe.pooling, image_size=recipe.image_size,
                             layer=recipe.layer or None, runtime=runtime, precision=recipe.precision, n_jobs=n_jobs)
     if backbone.weights_sha256 != recipe.weights_sha256:
