@@ -45,7 +45,8 @@ def _cmd_extract(args):
         layer=args.layer, batch_size=args.batch_size, buffer_size=args.buffer_size, dtype=args.dtype,
         augment=args.augment, tta=args.tta, crop=args.crop, decode=args.decode, seed=args.seed, workers=args.workers,
         runtime=args.runtime, precision=args.precision, engine=args.engine, address=args.address,
-        gpus_per_worker=args.gpus_per_worker, overwrite=args.overwrite, progress=not args.quiet)
+        gpus_per_worker=args.gpus_per_worker, overwrite=args.overwrite, progress=not args.quiet, group=args.group,
+        group_unmatched=args.group_unmatched)
     print(extract_with(args.dataset, args.output, options))
 
 
@@ -184,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start Ray here)")
     s.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per backbone actor (Ray)")
     s.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    s.add_argument("--group", metavar="REGEX", help=r"name each image's subject (a patient) by the first capture group "
+                   r"of REGEX on its relative path, e.g. '(\d+)[LR]\.'; splits keep a subject on one side")
+    s.add_argument("--group-unmatched", choices=["refuse", "own"], default="refuse",
+                   help="paths REGEX does not match: refuse (default) or make each its own subject")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_extract)
 
@@ -215,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--features", default="features", help="folder for the cached maps (default: features/)")
     s.add_argument("-o", "--output", default="models", help="folder for the weights file and bundles (default: models)")
     _runtime_option(s)
+    s.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process (all its GPUs when it has several); ray: Ray Train workers "
+                   "(pip install 'featx[ray]')")
+    s.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start Ray here)")
+    s.add_argument("--workers", type=int,
+                   help="Ray Train workers (default: one per GPU of the cluster, else one per node)")
     s.add_argument("--overwrite", action="store_true", help="start training over (maps with the same recipe are kept)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar while caching maps")
     s.set_defaults(func=_cmd_finetune)

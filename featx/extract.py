@@ -21,6 +21,7 @@ from featx.backbones import DEFAULT_BACKBONE
 from featx.errors import FeatxError
 from featx.extract_options import ExtractOptions
 from featx.runner import Extraction, ExtractResult
+from featx.store import subjects_of
 
 __all__ = ["DEFAULT_FEATURES_DIR", "ExtractOptions", "extract", "extract_with"]
 
@@ -66,8 +67,8 @@ def _list_splits(split_roots, seed) -> dict:
 def extract(dataset, output=None, *, backbone=DEFAULT_BACKBONE, weights="auto", pooling="avg",
             image_size=None, layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0,
             tta=None, crop=False, decode="reduced", seed=0, workers=None, runtime="auto", precision="float32",
-            engine="local", address=None, gpus_per_worker=0, overwrite=False, progress=True,
-            log: Callable[[str], object] = print) -> ExtractResult:
+            engine="local", address=None, gpus_per_worker=0, overwrite=False, progress=True, group=None,
+            group_unmatched="refuse", log: Callable[[str], object] = print) -> ExtractResult:
     """Extract features of every image under `dataset` into HDF5 feature files; resumable.
 
     backbone: a name or a list / comma-separated names (each image is decoded once for all of them).
@@ -83,13 +84,17 @@ def extract(dataset, output=None, *, backbone=DEFAULT_BACKBONE, weights="auto", 
     precision: "float32", or "fp16" (LiteRT, CPUs with fp16 arithmetic; recorded in the recipe).
     engine: "local" (decoding threads, `workers` of them) or "ray" (Ray Data: `workers` backbone actors with
     `gpus_per_worker` GPUs each, on the cluster at `address` or RAY_ADDRESS, else on a local Ray instance).
+    group: a regex whose first capture group on each relative path names the image's subject (a patient's
+    two eyes or knees), recorded in the file so splits keep a subject together; group_unmatched "refuse" (paths
+    it misses stop the run, with examples) or "own" (each such image is its own subject).
     The keywords fill one `ExtractOptions`; `extract_with` takes that object directly.
     """
     options = ExtractOptions.from_keywords(
         backbone=backbone, weights=weights, pooling=pooling, image_size=image_size, layer=layer,
         batch_size=batch_size, buffer_size=buffer_size, dtype=dtype, augment=augment, tta=tta, crop=crop,
         decode=decode, seed=seed, workers=workers, runtime=runtime, precision=precision, engine=engine,
-        address=address, gpus_per_worker=gpus_per_worker, overwrite=overwrite, progress=progress)
+        address=address, gpus_per_worker=gpus_per_worker, overwrite=overwrite, progress=progress, group=group,
+        group_unmatched=group_unmatched)
     return extract_with(dataset, output, options, log=log)
 
 
@@ -109,6 +114,9 @@ def extract_with(dataset, output, options: ExtractOptions, *, log: Callable[[str
     seed = options.feeding.seed
     split_roots = images.find_splits(root)
     splits = _list_splits(split_roots, seed) if split_roots else {None: images.list_dataset(root, seed=seed)}
+    if options.writing.group:  # before any backbone loads: a regex that misses paths stops the run now
+        subjects_of([path for ds in splits.values() for path in ds.paths], options.writing.group,
+                    options.writing.group_unmatched)
     outputs = _output_paths(root, output, list(splits), options.backbones.names)
     for folder in sorted({out.parent for out in outputs.values()}):
         # Before loading any backbone; nothing is created yet, in case a later check fails.

@@ -50,6 +50,12 @@ class Writing:
     dtype: str = "float32"
     overwrite: bool = False
     progress: bool = True
+    group: str | None = None  # --group REGEX: its first group on each path names the row's subject
+    group_unmatched: str = "refuse"  # or "own": a path the regex misses is its own subject
+
+    def group_attrs(self) -> dict:
+        """What the feature files record about subjects (the writer names them from these)."""
+        return {"group_regex": self.group, "group_unmatched": self.group_unmatched} if self.group else {}
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ class ExtractOptions:
     def from_keywords(cls, *, backbone=None, weights="auto", pooling="avg", image_size=None,
                       layer=None, batch_size=32, buffer_size=1000, dtype="float32", augment=0, tta=None, crop=False,
                       decode="reduced", seed=0, workers=None, runtime="auto", precision="float32", engine="local",
-                      address=None, gpus_per_worker=0, overwrite=False, progress=True) -> ExtractOptions:
+                      address=None, gpus_per_worker=0, overwrite=False, progress=True, group=None,
+                      group_unmatched="refuse") -> ExtractOptions:
         """`featx.extract`'s keywords, checked: a FeatxError names the option to fix. backbone None: the default."""
         if tta not in (None, "", "none", "flip"):
             raise FeatxError(f"unknown --tta {tta!r}: use 'flip'")
@@ -98,7 +105,8 @@ class ExtractOptions:
                                      precision=precision),
             feeding=Feeding(batch_size=batch_size, workers=decode_workers(workers),
                             tta="flip" if tta == "flip" else None, crop=bool(crop), seed=int(seed), decode=decode),
-            writing=Writing(buffer_size=buffer_size, dtype=dtype, overwrite=bool(overwrite), progress=bool(progress)),
+            writing=Writing(buffer_size=buffer_size, dtype=dtype, overwrite=bool(overwrite), progress=bool(progress),
+                            group=group or None, group_unmatched=group_unmatched),
             engine=Engine(name=engine, address=address, workers=workers, gpus_per_worker=float(gpus_per_worker or 0)),
             augment=int(augment),
         )

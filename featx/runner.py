@@ -349,7 +349,7 @@ class Extraction:
         writer = HDF5DatasetWriter(
             (len(ds), model.feature_dim), out, buffer_size=self.writing.buffer_size, dtype=self.writing.dtype,
             recipe=recipe, mode="w" if self.writing.overwrite else ("a" if exists else "w-"),
-            attrs={"dataset_root": str(Path(ds.root).resolve()), "split": split or ""},
+            attrs={"dataset_root": str(Path(ds.root).resolve()), "split": split or "", **self.writing.group_attrs()},
         )
         try:
             writer.store_class_labels(list(ds.label_names))

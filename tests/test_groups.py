@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -95,3 +96,19 @@ def test_a_grouped_split_never_puts_a_patient_on_both_sides(knees):
 def test_train_on_a_grouped_file_runs_end_to_end(knees, tmp_path, capsys):
     assert main(["train", str(knees), "--heads", "logreg,knn", "-o", str(tmp_path), "--no-report", "-q"]) == 0
     assert "knn" in capsys.readouterr().out and sorted(p.suffix for p in tmp_path.glob("*.skops")) == [".skops"] * 2
+
+
+def test_extract_records_subjects_and_refuses_a_regex_that_misses_before_any_work(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    for path in PATHS:  # tiny real images under knee-style names
+        (tmp_path / "knee" / path).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "knee" / path), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    out = tmp_path / "knee.h5"
+    common = ["extract", str(tmp_path / "knee"), "-o", str(out), "--weights", "none", "--image-size", "48", "--runtime", "keras", "-q"]
+    assert main([*common, "--group", r"(\d+)_(?:left|right)"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names no subject in 7 of 7 image paths" in err[0] and not out.exists()
+    assert main([*common, "--group", KNEE]) == 0
+    with FeatureStore(out) as store:
+        assert store.group_regex == KNEE
+        assert dict(zip(store.paths, store.subjects)) == dict(zip(PATHS, subjects_of(PATHS, KNEE)))
