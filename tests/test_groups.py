@@ -104,7 +104,8 @@ def test_extract_records_subjects_and_refuses_a_regex_that_misses_before_any_wor
         (tmp_path / "knee" / path).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(tmp_path / "knee" / path), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     out = tmp_path / "knee.h5"
-    common = ["extract", str(tmp_path / "knee"), "-o", str(out), "--weights", "none", "--image-size", "48", "--runtime", "keras", "-q"]
+    common = ["extract", str(tmp_path / "knee"), "-o", str(out), "--weights", "none", "--image-size", "48",
+              "--runtime", "keras", "-q"]
     assert main([*common, "--group", r"(\d+)_(?:left|right)"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "names no subject in 7 of 7 image paths" in err[0] and not out.exists()
