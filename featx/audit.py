@@ -143,7 +143,7 @@ def audit(files, output="audit", *, threshold: float = DUPLICATE_THRESHOLD, neig
         if page:
             from featx.audit_page import write_audit_page
 
-            result.files["page"] = write_audit_page(folder / "audit.html", rows, pairs, outliers)
+            result.files["page"] = write_audit_page(folder / "audit.html", rows, pairs, outliers, str(result))
     finally:
         for store in stores:
             store.close()

@@ -90,7 +90,8 @@ def test_cli_writes_csvs_page_and_one_summary_line(files, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["audit.html", "duplicates.csv", "outliers.csv",
                                                       "subjects.csv", "summary.txt"]
     page = (out / "audit.html").read_text(encoding="utf-8")
-    assert page.count('<div class="pair across">') == 8 and page.count("data:image/jpeg;base64,") >= 16
+    assert page.count('border:2px solid #c00"') == 8 and page.count("data:image/jpeg;base64,") >= 16
+    assert printed[0] in page and 'id="near-duplicates"' in page and 'id="outliers"' in page
     assert (out / "summary.txt").read_text().splitlines()[0] == printed[0]
 
 
