@@ -1,6 +1,7 @@
 """Audit benchmark: planted near-duplicates in real photos, and audit time and memory at 10k / 100k / 1M rows.
 
     python bench/audit.py photos   # hymenoptera + re-saved copies in val: recall / precision across splits
+    python bench/audit.py photos --dataset knee_kl --thresholds 0.6 0.7 0.8   # the same on knee X-rays
     python bench/audit.py scale    # 10k and 100k rows (time), 1M float16 rows streamed (time, peak RSS)
     python bench/audit.py index    # faiss (exact, IVF) against hnswlib on the same reduced rows
 
@@ -39,7 +40,7 @@ def plant_copies(src: Path, dst: Path, n: int, seed: int = 0) -> set[tuple[str, 
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
     rng = np.random.default_rng(seed)
-    train = sorted(p for p in (dst / "train").rglob("*.jpg"))
+    train = sorted(p for p in (dst / "train").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     planted = set()
     for path in rng.permutation(train)[:n]:
         image = cv2.imread(str(path))
@@ -60,18 +61,18 @@ def plant_copies(src: Path, dst: Path, n: int, seed: int = 0) -> set[tuple[str, 
 
 
 def photos(args) -> None:
-    src = DATA / "hymenoptera"
+    src = DATA / args.dataset
     if not src.is_dir():
         print(f"skipped: {src} is absent")
         return
-    root = WORK / "hymenoptera"
+    root = WORK / args.dataset
     planted = plant_copies(src, root, args.copies)
     features = WORK / "features"
-    _featx("extract", str(root), "-o", str(features / "hym.h5"), "-q")
-    files = [str(features / "hym-train.h5"), str(features / "hym-val.h5")]
-    out = WORK / "audit"
+    _featx("extract", str(root), "-o", str(features / f"{args.dataset}.h5"), "-q")
+    files = [str(features / f"{args.dataset}-train.h5"), str(features / f"{args.dataset}-val.h5")]
+    out = WORK / f"audit-{args.dataset}"
     for threshold in args.thresholds:
-        _featx("audit", *files, "-o", str(out), "--threshold", str(threshold))
+        _featx("audit", *files, "-o", str(out), "--threshold", str(threshold), "--no-page")
         found = set()
         with open(out / "duplicates.csv", newline="") as f:
             for row in csv.DictReader(f):
@@ -92,7 +93,7 @@ def photos(args) -> None:
 def write_rows(path: Path, n: int, planted: int, seed: int = 0) -> None:
     """A seeds-style float16 file of `n` rows: the real knee features' mean plus a Gaussian over their 256
     principal axes (random rows when the shared features are absent); the last `planted` rows are copies of
-    earlier ones plus noise (cosine about 0.75). The real features' spread is so concentrated on a few axes
+    earlier ones plus noise (cosine about 0.8). The real features' spread is so concentrated on a few axes
     that such rows often come out alike; every axis gets the same spread here, so the pairs found are the planted.
     """
     import h5py
@@ -120,7 +121,9 @@ def write_rows(path: Path, n: int, planted: int, seed: int = 0) -> None:
             labels[start:start + m] = rng.integers(0, 5, m)
         sources = np.sort(rng.choice(n - planted, planted, replace=False))
         copies = features[sources].astype(np.float32)
-        copies += 0.25 * scale * rng.standard_normal(copies.shape, dtype=np.float32)
+        # Half each feature's own spread over the rows: standardised cosine about 0.8 to the source.
+        spread = features[:step].astype(np.float32).std(axis=0)
+        copies += 0.5 * spread * rng.standard_normal(copies.shape, dtype=np.float32)
         features[n - planted:] = copies.astype(np.float16)
         f.create_dataset("planted", data=np.stack([sources, np.arange(n - planted, n)], axis=1))
 
@@ -203,6 +206,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     s = sub.add_parser("photos")
+    s.add_argument("--dataset", default="hymenoptera", choices=["hymenoptera", "knee_kl"])
     s.add_argument("--copies", type=int, default=120)
     s.add_argument("--thresholds", type=float, nargs="+", default=[0.8])
     s.set_defaults(func=photos)
