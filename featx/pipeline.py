@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from featx.atomic import writable_folder
 from featx.bundle import save_bundle
+from featx.choices import METRICS
 from featx.errors import FeatxError
 from featx.heads import cv_score, fit_head, fitted_params, make_head
-from featx.pipeline_split import Split, check_split_options, choose_heads, load_split, more_images_remedy
+from featx.pipeline_split import Split, choose_heads, load_split, more_images_remedy
 from featx.recipe import summary as recipe_summary
 from featx.report import ReportData, ReportResult, build_report, leaderboard_table, save_confusion_png
 from featx.rows import Rows, as_paths, output_stem
@@ -37,7 +38,7 @@ ENGINES = ("local", "ray")
 class Options:
     """Every stage-2 option of a run. train() and compare() fill it from their keyword arguments."""
 
-    heads: object = ("logreg",)  # names, "a,b" or "all"
+    heads: Iterable[str] | str = ("logreg",)  # names, "a,b" or "all"
     test: list[Path] | None = None  # test file(s), one per training file; None: a seeded hold-out
     test_size: float = 0.25
     folds: int | None = None
@@ -56,11 +57,16 @@ class Options:
 
     def __post_init__(self):
         self.test = None if self.test is None else as_paths(self.test)
-        self.test_size = float(self.test_size)
 
     def check(self) -> None:
         """Refuse options no run can honour, before any file is read."""
-        check_split_options(metric=self.metric, folds=self.folds, test=self.test, test_size=self.test_size)
+        if self.metric not in METRICS:
+            raise FeatxError(f"unknown metric '{self.metric}'; choose from {', '.join(METRICS)}")
+        if self.folds is not None and int(self.folds) < 2:
+            raise FeatxError(f"--folds must be at least 2 (got {self.folds}); leave it out for a single model")
+        if self.test is None and not 0.0 < _number(self.test_size) < 1.0:
+            raise FeatxError(f"--test-size must be between 0 and 1 (got {self.test_size}), e.g. 0.25")
+        self.test_size = _number(self.test_size)
         if self.class_weight not in (None, "balanced"):
             raise FeatxError(f"unknown class weight {self.class_weight!r}: use balanced, or leave it out")
         if self.engine not in ENGINES:
@@ -74,6 +80,13 @@ class Options:
                 "test_size": None if self.test is not None else self.test_size, "seed": self.seed,
                 "folds": self.folds, "class_weight": self.class_weight, "metric": self.metric,
                 "train_rows": train_rows, "test_rows": test_rows, "refit_rows": refit_rows}
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")  # refused as out of range
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.choices import HEAD_NAMES, METRICS, STREAMED_HEAD
+from featx.choices import HEAD_NAMES, STREAMED_HEAD
 from featx.errors import FeatxError
 from featx.heads import is_ordinal_head, min_images_per_class
 from featx.recipe import DECODE_KEYS, Recipe, mismatch
@@ -28,7 +28,6 @@ __all__ = [
     "available_memory",
     "check_class_sizes",
     "check_memory",
-    "check_split_options",
     "check_test_files",
     "choose_heads",
     "decoding_differences",
@@ -83,16 +82,6 @@ class Split:
     def rows_to_save(self) -> Rows:
         """The rows a saved head is refitted on: every labelled row, or the training rows beside a --test file."""
         return self.train if self.all_rows is None else self.all_rows
-
-
-def check_split_options(*, metric, folds, test, test_size) -> None:
-    """Refuse options no stage-2 command can honour, before any file is read."""
-    if metric not in METRICS:
-        raise FeatxError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
-    if folds is not None and int(folds) < 2:
-        raise FeatxError(f"--folds must be at least 2 (got {folds}); leave it out for a single model")
-    if test is None and not 0.0 < float(test_size) < 1.0:
-        raise FeatxError(f"--test-size must be between 0 and 1 (got {test_size}), e.g. 0.25")
 
 
 # ----------------------------------------------------------------------------------------------
