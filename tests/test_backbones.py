@@ -499,7 +499,7 @@ def test_a_fine_tuned_weights_file_is_one_more_weights_source_on_keras_and_liter
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside keras' save_weights
 def test_a_fine_tuned_keras_application_file_loads_back(tmp_path):
-    from featx.backbones import build_keras_model
+    from featx.backbones import build_keras_model, weights_identity
 
     full = build_keras_model("mobilenet_v2", weights="none", image_size=64)
     layer = full.get_layer("Conv_1")
@@ -512,6 +512,8 @@ def test_a_fine_tuned_keras_application_file_loads_back(tmp_path):
     expected = np.asarray(full(inputs, training=False)).mean(axis=(1, 2))
     np.testing.assert_allclose(backbone(inputs), expected, rtol=1e-4, atol=1e-5)
     assert len(backbone.weights_sha256) == 64
+    assert weights_identity("mobilenet_v2", str(path)) == (backbone.weights_source, backbone.weights_sha256)
+    assert weights_identity("mobilenet_v2", "none") == ("none (random init, seed 0)", "")
 
     # Features made with a file that has moved: predict and the Ray workers say where it was.
     moved = path.rename(tmp_path / "moved.weights.h5")

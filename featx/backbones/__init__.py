@@ -2,7 +2,7 @@
 
 For fine-tuning: `family_of(name)`, `build_keras_model(name, weights, image_size)` (the model whose
 save_weights() file `get_backbone(name, weights=FILE)` loads), `cut_layers`, `default_cut`, `check_cut`,
-`feature_layer`.
+`feature_layer`, `weights_identity` (the sha256 a recipe records, without TensorFlow).
 """
 
 # TensorFlow's log level is set by featx/__init__.py, which always runs before this package.
@@ -24,6 +24,7 @@ from featx.backbones.registry import (
     get_backbone,
     imagenet_class_names,
     list_backbones,
+    weights_identity,
 )
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "get_backbone",
     "imagenet_class_names",
     "list_backbones",
+    "weights_identity",
 ]

@@ -30,7 +30,7 @@ _WEIGHT_KEYWORDS = ("auto", "imagenet", "none")
 
 __all__ = ["Backbone", "DEFAULT_BACKBONE", "FAMILIES", "backbone_info", "backbones_table", "build_keras_model",
            "check_cut", "check_image", "cut_layers", "default_cut", "family_of", "feature_layer", "file_sha256",
-           "from_recipe", "get_backbone", "imagenet_class_names", "list_backbones"]
+           "from_recipe", "get_backbone", "imagenet_class_names", "list_backbones", "weights_identity"]
 
 
 def list_backbones() -> list[str]:
@@ -79,6 +79,11 @@ def build_keras_model(name: str, weights="auto", image_size: int | None = None):
     `get_backbone(name, weights=FILE)` loads (Lite: with the ImageNet classifier; Keras apps: without their top)."""
     family = family_of(name)
     return family.build_full(name, _normalise_weights(weights), _image_size(name, image_size))
+
+
+def weights_identity(name: str, weights="auto") -> tuple[str, str]:
+    """(source, sha256) of the weights `get_backbone(name, weights)` would load, found without TensorFlow."""
+    return family_of(name).weights_identity(name, _normalise_weights(weights))
 
 
 def backbones_table() -> str:
