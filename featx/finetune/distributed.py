@@ -5,8 +5,8 @@ Both engines run the same training function, `train_fn(*args, strategy=..., chec
 featx's outputs the same way whichever engine trained. On Ray, `ray.train.tensorflow.TensorflowTrainer`
 starts the workers and sets TF_CONFIG; each worker builds a MultiWorkerMirroredStrategy, so every
 step's gradients are averaged over all workers' parts of the global batch and all workers keep the
-same weights. Worker 0 alone writes the checkpoint and sends the epoch lines to the driver; its
-return value (the best weights and the history) comes back as Ray Train's `Result.return_value`.
+same weights. Worker 0 alone writes the checkpoint; it sends its epoch lines, then its return value
+(the best weights and the history), to the driver through a Ray queue.
 
 As for the Ray extraction engine, every node needs featx installed and the feature files (and the
 checkpoint's folder) at the same path: a shared file system.
@@ -112,7 +112,7 @@ def _run_on_ray(train_fn, args, kwargs, *, address, workers, checkpoint, log):
     relay = _Relay(lines, log)
     sigint = signal.getsignal(signal.SIGINT)
     try:
-        result = trainer.fit()
+        trainer.fit()
     except WorkerGroupError as error:
         raise _user_error(error) or error from None
     finally:
@@ -121,10 +121,10 @@ def _run_on_ray(train_fn, args, kwargs, *, address, workers, checkpoint, log):
             signal.signal(signal.SIGINT, sigint)
         relay.stop()
         shutil.rmtree(storage, ignore_errors=True)
-    if result.return_value is None:
+    if not relay.results:
         kept = f"; the checkpoint {checkpoint} keeps every finished epoch" if checkpoint is not None else ""
         raise FeatxError(f"training on Ray was aborted before it finished{kept}: rerun the same command to resume")
-    return result.return_value
+    return relay.results[0]
 
 
 def _user_error(error) -> FeatxError | None:
@@ -137,10 +137,14 @@ def _user_error(error) -> FeatxError | None:
 
 
 class _Relay:
-    """Prints the lines worker 0 puts on a Ray queue while the driver waits for the trainer."""
+    """Logs the lines worker 0 puts on a Ray queue while the driver waits for the trainer, and keeps its result.
+
+    A queue rather than Ray Train's `Result.return_value`, which Ray 2.51 (featx's floor) lacks.
+    """
 
     def __init__(self, lines, log):
         self.lines, self.log = lines, log
+        self.results = []
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="featx-ray-train-log")
         self.thread.start()
@@ -150,12 +154,17 @@ class _Relay:
 
         while True:
             try:
-                self.log(self.lines.get(timeout=0.5))
+                kind, value = self.lines.get(timeout=0.5)
             except Empty:
                 if self.done.is_set():
                     return
+                continue
             except Exception:  # the queue's actor is gone (Ray shut down): nothing more will come
                 return
+            if kind == "result":
+                self.results.append(value)
+            else:
+                self.log(value)
 
     def stop(self):
         self.done.set()
@@ -163,7 +172,7 @@ class _Relay:
 
 
 def _worker(spec: dict):
-    """One Ray Train worker: the training function under MultiWorkerMirroredStrategy; worker 0 returns its result."""
+    """One Ray Train worker: the training function under MultiWorkerMirroredStrategy; worker 0 sends its result."""
     import tensorflow as tf
     from ray import train
 
@@ -172,7 +181,7 @@ def _worker(spec: dict):
     # Built first: the strategy reads TF_CONFIG (set by Ray Train) and must exist before any other TensorFlow op.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     lines = spec["lines"]
-    log = (lambda line: lines.put(str(line))) if rank == 0 else (lambda line: None)
+    log = (lambda line: lines.put(("line", str(line)))) if rank == 0 else (lambda line: None)
     with contextlib.ExitStack() as stack:
         checkpoint = spec["checkpoint"]
         if checkpoint is not None and rank != 0:
@@ -184,19 +193,21 @@ def _worker(spec: dict):
         if world > 1:
             stack.enter_context(keras_multi_worker_fit())
         result = spec["train_fn"](*spec["args"], strategy=strategy, checkpoint=checkpoint, log=log, **spec["kwargs"])
-    return result if rank == 0 else None
+    if rank == 0:
+        lines.put(("result", result))
 
 
 @contextlib.contextmanager
 def keras_multi_worker_fit():
-    """Let Keras 3's `fit` run under a MultiWorkerMirroredStrategy of several workers (keras 3.15, TensorFlow).
+    """Let Keras 3's `fit` run under a MultiWorkerMirroredStrategy of several workers (TensorFlow backend).
 
     Keras reduces across workers in two places that only work with one worker: (1) before the first
     epoch it averages a whole (x, y) batch with one `strategy.reduce`, which cannot take a tuple; it
     only needs the batch's shapes and dtypes, which this worker's own part gives; (2) each step it
     averages the scalar loss and metrics with `axis=0`, which a scalar has not: the mean over the
     workers (axis=None) is the value Keras means. Training itself (the all-reduced gradients) is
-    Keras's own. Measured: 2 workers end with the same weights as one process on the same batches.
+    Keras's own. Both places read the same in Keras 3.9 (featx's floor) and 3.15. Measured: with SGD,
+    2 workers end with exactly the weights of one process on the same global batches.
     """
     from keras.src import tree
     from keras.src.backend.tensorflow import trainer as keras_trainer
