@@ -64,7 +64,8 @@ def _cmd_finetune(args):
         lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, patience=args.patience,
         batch_size=args.batch_size, class_weight=args.class_weight, image_size=args.image_size,
         val_size=args.val_size, seed=args.seed, features=args.features, output=args.output, runtime=args.runtime,
-        overwrite=args.overwrite, progress=not args.quiet,
+        overwrite=args.overwrite, engine=args.engine, address=args.address, workers=args.workers,
+        progress=not args.quiet,
     ))
 
 

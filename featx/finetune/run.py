@@ -17,6 +17,7 @@ import numpy as np
 from featx import backbones, images
 from featx.atomic import writable_folder
 from featx.errors import FeatxError
+from featx.finetune.distributed import run_training
 from featx.finetune.outputs import Outputs, affine_map, linear_head, scored_rows, write_outputs
 from featx.finetune.top import MapRows, TopConfig, TopNetwork, TopResult, train_top
 from featx.rows import class_order, grouped_train_test_split, mapped_labels
@@ -55,7 +56,8 @@ def finetune(dataset, *, backbone: str = backbones.DEFAULT_BACKBONE, weights="au
              weight_decay: float = DEFAULTS["weight_decay"], patience: int = DEFAULTS["patience"],
              batch_size: int = DEFAULTS["batch_size"], class_weight: str | None = None, image_size: int | None = None,
              val_size: float = VAL_SIZE, seed: int = 0, features="features", output="models", runtime: str = "auto",
-             overwrite: bool = False, bootstrap: int = 1000, strategy=None, progress: bool = True,
+             overwrite: bool = False, bootstrap: int = 1000, engine: str = "local", address: str | None = None,
+             workers: int | None = None, progress: bool = True,
              log: Callable[[str], object] = print) -> FinetuneResult:
     """Linear probe, then fine-tune the top of `backbone` on the class folders of `dataset`.
 
@@ -64,6 +66,8 @@ def finetune(dataset, *, backbone: str = backbones.DEFAULT_BACKBONE, weights="au
     from images). The frozen bottom's maps go to `features`/<name>-maps-<cut>[-<split>].h5 once;
     outputs go to `output`: <name>-finetuned.weights.h5 and one bundle per head. A rerun resumes
     from the last epoch's checkpoint; changed options are refused unless `overwrite`.
+    engine: "local" (this process; MirroredStrategy over several GPUs) or "ray" (Ray Train `workers`
+    on the cluster at `address`), featx.finetune.distributed.run_training.
     """
     root = Path(dataset)
     if not root.is_dir():
@@ -106,11 +110,10 @@ def finetune(dataset, *, backbone: str = backbones.DEFAULT_BACKBONE, weights="au
         checkpoint.unlink(missing_ok=True)
     log(f"fine-tuning {backbone} from {cut} ({'every layer' if cut == 'input' else 'the layers above it'}): "
         f"{config.epochs} epoch(s) at most, lr {config.lr:g}, batch {config.batch_size}")
-    result: TopResult = train_top(config, data.train, data.val, head=affine_map(probe.best_estimator_,
-                                  frozen["train"].shape[1], config.n_classes), checkpoint=checkpoint,
-                                  strategy=strategy, log=log, network=None if strategy is not None else net)
-    if strategy is not None:
-        net = TopNetwork(config)
+    head = affine_map(probe.best_estimator_, frozen["train"].shape[1], config.n_classes)
+    result: TopResult = run_training(train_top, config, data.train, data.val, head=head, checkpoint=checkpoint,
+                                     log=log, engine=engine, address=address, workers=workers,
+                                     local_kwargs={"network": net})
     net.model.set_weights(result.weights)
 
     tuned = {split: net.predict(rows, config.batch_size, pooled=True) for split, rows in data.scored().items()}
