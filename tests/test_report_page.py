@@ -207,6 +207,16 @@ def test_another_stage_adds_a_numbered_section_after_featx_own(tmp_path):
     assert '<h2>2. Near-duplicates across splits</h2><p>3 pairs</p></section>' in text
 
 
+def test_rows_without_paths_are_each_their_own_point(tmp_path):
+    # Seed-style files have no paths: every row is its own image on the map, drawn without a thumbnail.
+    train, test = _split(tmp_path, per_class=12, test_per_class=4)
+    bare_train, bare_test = Rows.of(train.X, train.y), Rows.of(test.X, test.y)
+    result = build_report(tmp_path / "bare-report.html", _head(train), _summary(), bare_train, bare_test, log=_quiet)
+    page = result.page.read_text(encoding="utf-8")
+    assert page.count('<circle class="pt') == len(train.y) + len(test.y)
+    assert set(re.findall(r'data-t="([^"]*)"', page)) == {""}
+
+
 def test_a_class_without_training_rows_keeps_its_row_and_column(tmp_path):
     train, test = _split(tmp_path)
     seen = np.flatnonzero(train.y != 1)  # no bees to train on: the head's classes_ are [0, 2]

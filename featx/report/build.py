@@ -167,12 +167,14 @@ def _feature_map(train: Rows, test: Rows | None, predictions: Predictions | None
                  issues: LabelIssues | None, class_names) -> FeatureMap:
     """The searched rows' and the test rows' originals in one map, each image once; mistakes are misses and
     likely label errors."""
-    entries: dict[str, list] = {}  # full path -> [features, label, mistake, notes, relative path, root]
+    entries: dict = {}  # full path -> [features, label, mistake, notes, relative path, root]
 
     def add(rows: Rows, index: int, mistake: bool, note: str) -> None:
         relative = str(rows.paths[index])
         path = os.path.join(rows.root, relative) if rows.root else relative
-        entry = entries.setdefault(path, [rows.X[index], int(rows.y[index]), False, [], relative, rows.root])
+        # A row without a path (seed-style files) is its own image: one point each, not one for them all.
+        key = path if relative else (id(rows), index)
+        entry = entries.setdefault(key, [rows.X[index], int(rows.y[index]), False, [], relative, rows.root])
         entry[2] = entry[2] or mistake
         entry[3].append(note)
 
