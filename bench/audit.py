@@ -142,9 +142,9 @@ def scale(args) -> None:
                 f"r=audit([{str(path)!r}], {str(WORK / f'audit-{n}')!r}, page=False); "
                 "s=time.perf_counter()-t; p={tuple(x) for x in h5py.File(sys.argv[1])['planted'][:]}; "
                 "f={(int(x['row_a']),int(x['row_b'])) for x in csv.DictReader(open(r.files['duplicates']))}; "
-                "g=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20; "
-                "print(f'{r.rows} rows: {s:.1f} s, peak RSS {g:.2f} GiB, planted found {len(p & f)}/{len(p)}, '"
-                "f'other pairs {len(f - p)}')")
+                "u=resource.getrusage(resource.RUSAGE_SELF); g=u.ru_maxrss/2**20; c=u.ru_utime+u.ru_stime; "
+                "print(f'{r.rows} rows: {s:.1f} s ({c:.1f} s of CPU), peak RSS {g:.2f} GiB, '"
+                "f'planted found {len(p & f)}/{len(p)}, other pairs {len(f - p)}')")
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)
 
 
