@@ -63,13 +63,12 @@ class LabelIssues:
 def issue_rule(graded: bool) -> str:
     """What makes a row a label issue, in words (the page and the CSV's reader need the rule)."""
     if graded:
-        return (f"out-of-fold, its expected grade is at least {GRADE_DISTANCE} grades from its label, or confident "
-                f"learning (cleanlab) flags it and suggests a grade at least {GRADE_DISTANCE} away; disagreement by "
-                "one grade is normal rater noise and is not listed. Largest distance first")
-    ranking = RANKED_BY.replace("_", " ")
-    return ("confident learning (cleanlab) on out-of-fold probabilities: for each pair of classes it estimates how "
-            "many images labelled one belong to the other, and lists that many of the least likely. A plain "
-            f"misclassification is not listed (see the confusion matrix). Ranked by {ranking}, most doubtful first")
+        return (f"an image is listed when its out-of-fold expected grade is at least {GRADE_DISTANCE} grades from "
+                f"its label, or when confident learning (cleanlab) flags it and suggests a grade at least "
+                f"{GRADE_DISTANCE} away; one-grade disagreement is normal rater noise. Farthest first")
+    return ("confident learning (cleanlab) estimates, for each pair of classes, how many images labelled one "
+            "belong to the other, and lists that many of the least likely, out-of-fold; a plain misclassification "
+            f"is not listed (the confusion matrix shows those). Lowest {RANKED_BY.replace('_', '-')} first")
 
 
 def out_of_fold_probabilities(head, X, y, groups=None, *, folds: int = 5, seed: int = 0) -> np.ndarray:
