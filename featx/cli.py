@@ -127,6 +127,10 @@ def _stage2_options(s) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line while a head fits")
     s.add_argument("--no-report", action="store_true", help="skip the HTML report page and label-issue CSV")
+    s.add_argument("--group", metavar="REGEX", help="subjects named by REGEX's first group on each path stay on one "
+                   "side of every split (a file made with extract --group records them already)")
+    s.add_argument("--group-unmatched", choices=["refuse", "own"], default="refuse",
+                   help="paths REGEX does not match: refuse (default) or make each its own subject")
 
 
 def _stage2_run_options(args, **more):
@@ -136,7 +140,7 @@ def _stage2_run_options(args, **more):
     return Options(test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
                    class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None,
                    n_jobs=args.n_jobs, output=args.output, seed=args.seed, progress=not args.quiet,
-                   report=not args.no_report, **more)
+                   report=not args.no_report, group=args.group, group_unmatched=args.group_unmatched, **more)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,8 @@ def compare(
     bootstrap: int = 1000,
     progress: bool = True,
     report: bool = True,
+    group: str | None = None,
+    group_unmatched: str = "refuse",
     log: Callable[[str], object] = print,
 ) -> CompareResult:
     """Train `heads` on each feature file and on all of them fused; rank every (features, head).
@@ -62,7 +64,7 @@ def compare(
     """
     options = Options(heads=heads, test=test, test_size=test_size, fuse=fuse, folds=folds, class_weight=class_weight,
                       metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output, seed=seed, bootstrap=bootstrap,
-                      progress=progress, report=report)
+                      progress=progress, report=report, group=group, group_unmatched=group_unmatched)
     return compare_with(features, options, log)
 
 
@@ -72,7 +74,8 @@ def compare_with(features, options: Options, log: Callable[[str], object] = prin
     options.check()
     metric, tests = options.metric, options.test
     split = load_split(files, test=tests, test_size=options.test_size, ordinal=options.ordinal, folds=options.folds,
-                       seed=options.seed, log=log, same_decoding=False)
+                       seed=options.seed, log=log, same_decoding=False, group=options.group,
+                       group_unmatched=options.group_unmatched)
     head_names = choose_heads(options.heads, split, folds=options.folds, log=log)
     labels = _labels(files, split)
     variants = [(label, [i]) for i, label in enumerate(labels)]

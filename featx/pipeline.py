@@ -54,6 +54,8 @@ class Options:
     engine: str = "local"
     address: str | None = None
     fuse: bool = True  # compare only: also score the files fused
+    group: str | None = None  # --group REGEX: subjects named on the paths stay on one side of every split
+    group_unmatched: str = "refuse"  # or "own": a path the regex misses is its own subject
 
     def __post_init__(self):
         self.test = None if self.test is None else as_paths(self.test)
@@ -129,7 +131,8 @@ def engine(options: Options, log):
 def train_in_memory(files: list[Path], options: Options, log: Callable[[str], object]) -> TrainResult:
     """Fit each head on the training rows, score it on the test rows, refit it on all rows, save it; the page."""
     split = load_split(files, test=options.test, test_size=options.test_size, ordinal=options.ordinal,
-                       folds=options.folds, seed=options.seed, log=log)
+                       folds=options.folds, seed=options.seed, log=log, group=options.group,
+                       group_unmatched=options.group_unmatched)
     head_names = choose_heads(options.heads, split, folds=options.folds, log=log)
     name = output_stem(files)
     log(f"fitting {len(head_names)} head(s) on {len(split.train)} rows x {split.train.X.shape[1]} dims of "

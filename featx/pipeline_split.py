@@ -124,10 +124,11 @@ def available_memory() -> int:
 
 
 def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal, folds, seed, log,
-               same_decoding: bool = True) -> Split:
+               same_decoding: bool = True, group: str | None = None, group_unmatched: str = "refuse") -> Split:
     """Read the labelled rows (fused when several files) and split them, or read the test file(s).
 
     same_decoding: refuse fusing files that feed images differently (a fused bundle could not predict).
+    group, group_unmatched: name subjects from the paths (--group), which splits then keep on one side.
     """
     check_test_files(files, test)
     with ExitStack() as stack:
@@ -138,9 +139,9 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
         for store, test_store in zip(stores, test_stores):
             check_compatible([store, test_store])
         check_memory(stores, test_stores)  # the stores hold only the small columns so far
-        data = read_fused(stores, class_names, log)
+        data = read_fused(stores, class_names, log, group=group, unmatched=group_unmatched)
         if test is not None:
-            held_out = read_fused(test_stores, class_names, log)
+            held_out = read_fused(test_stores, class_names, log, group=group, unmatched=group_unmatched)
     features = data.source
     present = np.unique(data.y)
     if len(present) < 2:

@@ -24,7 +24,7 @@ from featx.pipeline_split import (
     held_out_label,
     load_split,
 )
-from featx.rows import class_order, grouped_train_test_split, mapped_labels, row_groups, store_paths
+from featx.rows import class_order, grouped_train_test_split, mapped_labels, row_groups, store_paths, store_subjects
 from featx.scoring import leaderboard_row
 from featx.store import FeatureStore, check_compatible
 
@@ -48,7 +48,8 @@ def train_streamed(features: Path, options: Options, log) -> TrainResult:
         store = stack.enter_context(FeatureStore(features))
         class_names, graded = class_order(store.label_names, options.ordinal)
         labels = mapped_labels(store, class_names)
-        groups = row_groups(store_paths(store), len(labels), store.subjects)
+        groups = row_groups(store_paths(store), len(labels),
+                            store_subjects(store, options.group, options.group_unmatched))
         rows = np.flatnonzero(labels >= 0)
         if len(np.unique(labels[rows])) < 2:
             raise FeatxError(f"{features} has fewer than 2 labelled classes; a classifier needs at least 2")
@@ -105,7 +106,8 @@ def train_streamed(features: Path, options: Options, log) -> TrainResult:
     elif options.report:
         # The same seeded split as above (same labels, groups and seed), now with the features in memory.
         split = load_split([features], test=options.test, test_size=options.test_size, ordinal=options.ordinal,
-                           folds=None, seed=options.seed, log=lambda message: None)  # already said above
+                           folds=None, seed=options.seed, log=lambda message: None,  # already said above
+                           group=options.group, group_unmatched=options.group_unmatched)
         page = report_page(output / f"{features.stem}-report.html", scored, split, [row], STREAMED_HEAD, options,
                            log=log, title=f"featx report: {features.stem}")
     report = train_summary([row], STREAMED_HEAD, options.metric, text, {STREAMED_HEAD: bundle},

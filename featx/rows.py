@@ -17,10 +17,10 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from featx.errors import FeatxError
-from featx.store import FeatureStore
+from featx.store import FeatureStore, subjects_of
 
 __all__ = ["Rows", "as_paths", "class_order", "grouped_train_test_split", "integer_names", "mapped_labels",
-           "output_stem", "read_fused", "read_rows", "row_groups", "smallest_class", "store_paths"]
+           "output_stem", "read_fused", "read_rows", "row_groups", "smallest_class", "store_paths", "store_subjects"]
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
@@ -134,8 +134,19 @@ def output_stem(files: list[Path]) -> str:
     return "+".join(f.stem for f in files)
 
 
-def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[str], object]) -> Rows:
-    """A store's labelled rows, in memory, with labels mapped onto `class_names` by name."""
+def store_subjects(store: FeatureStore, group: str | None = None, unmatched: str = "refuse") -> np.ndarray | None:
+    """Each row's subject: named by the regex `group` on its path (--group), else as the file records, else None."""
+    if group:
+        return subjects_of(store_paths(store) or [""] * len(store.labels), group, unmatched)
+    return None if store.subjects is None else np.asarray(store.subjects, dtype=object)
+
+
+def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[str], object], *,
+              group: str | None = None, unmatched: str = "refuse") -> Rows:
+    """A store's labelled rows, in memory, with labels mapped onto `class_names` by name.
+
+    group, unmatched: name the rows' subjects from their paths (see `store_subjects`).
+    """
     mapped = mapped_labels(store, class_names)  # -1 exactly on the unlabelled rows (unknown classes raise)
     if (mapped < 0).any():
         log(f"{store.path}: leaving out {int((mapped < 0).sum())} unlabelled row(s)")
@@ -148,17 +159,18 @@ def read_rows(store: FeatureStore, class_names: Sequence[str], log: Callable[[st
                          "recreate it with `featx extract`") from None
     X = _finite(X, store.path)
     every = Rows.of(X, mapped, store_paths(store), aug=store.aug, root=store.dataset_root, source=str(store.path),
-                    subjects=store.subjects)
+                    subjects=store_subjects(store, group, unmatched))
     return every if len(rows) == len(mapped) else every.subset(rows)
 
 
-def read_fused(stores: Sequence[FeatureStore], class_names: Sequence[str], log: Callable[[str], object]) -> Rows:
+def read_fused(stores: Sequence[FeatureStore], class_names: Sequence[str], log: Callable[[str], object], *,
+               group: str | None = None, unmatched: str = "refuse") -> Rows:
     """Labelled rows of feature files of the same images, each file's features side by side in X.
 
     Rows are matched by image path and augmented copy, classes by name; files that do not hold
     exactly the same images, or label one differently, are refused.
     """
-    parts = [read_rows(store, class_names, log) for store in stores]
+    parts = [read_rows(store, class_names, log, group=group, unmatched=unmatched) for store in stores]
     first = parts[0]
     if len(parts) == 1:  # nothing to match: rows without paths are fine alone
         return dataclasses.replace(first, widths=(first.X.shape[1],))

@@ -38,6 +38,8 @@ def train(
     report: bool = True,
     engine: str = "local",
     address: str | None = None,
+    group: str | None = None,
+    group_unmatched: str = "refuse",
     log: Callable[[str], object] = print,
 ) -> TrainResult:
     """Fit each head on a feature file, score it on held-out rows, save one bundle per head.
@@ -52,10 +54,14 @@ def train(
     n_jobs: parallel fits (None = all cores). progress: a progress line while a head fits.
     report: also write `<output>/<features>-report.html` (images behind every number, likely label
     errors) and `<features>-label-issues.csv`. engine: "local", or "ray" to run the searches on a cluster.
+    group: a regex whose first capture group names each row's subject from its path (a file made with
+    `featx extract --group` records its subjects already); splits keep a subject on one side.
+    group_unmatched: "refuse" paths it misses, or make each its own subject ("own").
     """
     options = Options(heads=heads, test=test, test_size=test_size, folds=folds, class_weight=class_weight,
                       metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output, seed=seed, bootstrap=bootstrap,
-                      progress=progress, report=report, engine=engine, address=address)
+                      progress=progress, report=report, engine=engine, address=address, group=group,
+                      group_unmatched=group_unmatched)
     return train_with(features, options, log)
 
 

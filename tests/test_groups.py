@@ -113,3 +113,22 @@ def test_extract_records_subjects_and_refuses_a_regex_that_misses_before_any_wor
     with FeatureStore(out) as store:
         assert store.group_regex == KNEE
         assert dict(zip(store.paths, store.subjects)) == dict(zip(PATHS, subjects_of(PATHS, KNEE)))
+
+
+def test_train_group_names_subjects_of_a_file_that_records_none(tmp_path):
+    """--group on train: the knee file written without subjects is split by patient all the same."""
+    rng = np.random.default_rng(4)
+    paths = [f"{i % 3}/{9000000 + i // 2}{'LR'[i % 2]}.png" for i in range(120)]
+    path = tmp_path / "plain.h5"
+    with HDF5DatasetWriter((120, 8), path) as writer:
+        writer.store_class_labels(["0", "1", "2"])
+        writer.add(rng.normal(size=(120, 8)).astype(np.float32) + np.arange(120)[:, None] % 3, np.arange(120) % 3,
+                   paths=paths)
+    with FeatureStore(path) as store:
+        rows = read_rows(store, ["0", "1", "2"], log=print, group=KNEE)
+        assert len(set(rows.groups)) == 60
+        with pytest.raises(FeatxError, match="names no subject in 120 of 120"):
+            read_rows(store, ["0", "1", "2"], log=print, group=r"(\d+)_left")
+    assert main(["train", str(path), "--group", KNEE, "--heads", "logreg", "-o", str(tmp_path / "m"), "--no-report",
+                 "-q"]) == 0
+    assert main(["compare", str(path), "--group", "(x)", "-o", str(tmp_path / "m"), "--no-report", "-q"]) == 1
