@@ -82,14 +82,16 @@ class SGDHead(ClassifierMixin, BaseEstimator):
         """Fit on rows of a feature file (a FeatureStore or a path) without loading its features.
 
         rows: row indices to train on (default: every labelled row). y: their class labels (default:
-        the file's). groups: their source images (default: the file's paths, so augmented copies of
-        an image stay on one side of the held-out split).
+        the file's). groups: what the held-out split keeps together (default: the file's own groups,
+        featx.rows.row_groups: subjects, else source images, so augmented copies stay on one side).
         """
+        from featx.rows import row_groups, store_paths  # the one definition of a row's group
+
         with _Opened(store) as opened:
             rows = np.flatnonzero(opened.labels >= 0) if rows is None else np.asarray(rows, dtype=np.int64)
             y = np.asarray(opened.labels)[rows] if y is None else np.asarray(y)
-            if groups is None and opened.paths and all(opened.paths):
-                groups = np.asarray(opened.paths, dtype=object)[rows]
+            if groups is None:
+                groups = row_groups(store_paths(opened), len(opened.labels), opened.subjects)[rows]
             order = np.argsort(rows, kind="stable")  # reads go forward through the file
             rows, y = rows[order], y[order]
             groups = None if groups is None else np.asarray(groups, dtype=object)[order]
