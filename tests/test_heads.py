@@ -607,7 +607,7 @@ def test_parallel_folds_share_the_blas_threads_out(overlapping):
         _ThreadSpy.second_thread = None
     fold_fits = _ThreadSpy.seen[:-1]  # the last is the refit on all rows, after the folds
     assert len({thread for thread, _ in fold_fits}) == 2  # two folds at once
-    assert all(blas == 1 for _, blas in fold_fits)  # 2 threads x 1 BLAS thread each = 2 cores
+    assert all(blas == 1 for _, blas in fold_fits), _ThreadSpy.seen  # 2 threads x 1 BLAS thread each = 2 cores
     assert _ThreadSpy.seen[-1][1] == 2  # the refit alone gets both
 
 

@@ -46,7 +46,15 @@ def parallel_map(function, items, n_jobs=None) -> list:
     workers = min(cores(n_jobs), budget, len(items))
     if workers <= 1:
         return [function(item) for item in items]
-    # One process-wide BLAS limit serves every thread: budget // workers each.
-    with threadpool_limits(limits=max(1, budget // workers), user_api="blas"):
+    per_worker = max(1, budget // workers)
+
+    def limited(item):
+        # Set again in the worker: an OpenMP build of OpenBLAS (faiss ships one) keeps a thread count
+        # per thread, so the process-wide limit below does not reach it there.
+        with threadpool_limits(limits=per_worker, user_api="blas"):
+            return function(item)
+
+    # One process-wide limit serves the pthreads builds in every thread: budget // workers each.
+    with threadpool_limits(limits=per_worker, user_api="blas"):
         # Threads unless a joblib backend is configured around the call (featx.engines.ray.joblib_on_ray).
-        return joblib.Parallel(n_jobs=workers, prefer="threads")(joblib.delayed(function)(item) for item in items)
+        return joblib.Parallel(n_jobs=workers, prefer="threads")(joblib.delayed(limited)(item) for item in items)
