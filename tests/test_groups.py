@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from featx.audit import audit
 from featx.cli import main
 from featx.errors import FeatxError
 from featx.rows import grouped_train_test_split, read_rows
@@ -132,3 +133,12 @@ def test_train_group_names_subjects_of_a_file_that_records_none(tmp_path):
     assert main(["train", str(path), "--group", KNEE, "--heads", "logreg", "-o", str(tmp_path / "m"), "--no-report",
                  "-q"]) == 0
     assert main(["compare", str(path), "--group", "(x)", "-o", str(tmp_path / "m"), "--no-report", "-q"]) == 1
+
+
+def test_audit_lists_a_patient_whose_knees_are_in_two_splits(tmp_path):
+    _grouped_file(tmp_path / "train.h5", PATHS[:3], group_regex=KNEE, split="train")  # 9003126 both, 9012345 left
+    _grouped_file(tmp_path / "val.h5", PATHS[3:], group_regex=KNEE, split="val")  # 9012345 right
+    result = audit([tmp_path / "train.h5", tmp_path / "val.h5"], tmp_path / "audit", page=False)
+    assert result.subjects_across == 1
+    assert (tmp_path / "audit" / "subjects.csv").read_text().splitlines()[1] == \
+        "9012345,train;val,2,1/9012345L.png;1/9012345R.png"
