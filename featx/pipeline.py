@@ -154,8 +154,9 @@ def train_in_memory(files: list[Path], options: Options, log: Callable[[str], ob
                 output, name, head, row, split.test.y, y_pred, class_names=split.class_names, recipes=split.recipes,
                 graded=split.graded, extra=extra, log=log)
     best = best_head(rows, options.metric)
+    # The saved head was fitted on exactly the page's rows: its search's out-of-fold probabilities judge the labels.
     page = report_page(output / f"{name}-report.html", scored[best], split, rows, best, options, log=log,
-                       title=f"featx report: {name}") if options.report else None
+                       title=f"featx report: {name}", fitted=models[best]) if options.report else None
     text = train_summary(rows, best, options.metric, texts[best], bundles, pngs, refit_rows, page)
     return TrainResult(rows=rows, best=best, models=models, bundles=bundles, confusion_pngs=pngs, report=text,
                        metric=options.metric, label_names=split.class_names, graded=split.graded,
@@ -163,11 +164,16 @@ def train_in_memory(files: list[Path], options: Options, log: Callable[[str], ob
 
 
 def report_page(path: Path, head, split: Split, rows: list[dict], best: str, options: Options, *, log, title: str,
-                notes=()) -> ReportResult:
-    """The HTML page (and label-issue CSV) of `head`, scored on the split's test rows."""
+                notes=(), fitted=None) -> ReportResult:
+    """The HTML page (and label-issue CSV) of `head`, scored on the split's test rows.
+
+    fitted: a head fitted on exactly `split.rows_to_save`, in order, whose own cross-validation gives the
+    out-of-fold probabilities; without it the page refits for them.
+    """
     summary = ReportData(title=title, class_names=split.class_names, graded=split.graded, leaderboard=rows, best=best,
                          metric=options.metric, recipe=recipe_summary(split.recipes), notes=list(notes))
-    return build_report(path, head, summary, split.rows_to_save, split.test, seed=options.seed, log=log)
+    return build_report(path, head, summary, split.rows_to_save, split.test, seed=options.seed, log=log,
+                        fitted=fitted)
 
 
 # ----------------------------------------------------------------------------------------------
