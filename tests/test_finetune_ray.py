@@ -80,19 +80,20 @@ def test_two_workers_ran_and_their_epoch_lines_reached_the_driver(runs):
     assert [entry["epoch"] for entry in runs["ray"].history] == [entry["epoch"] for entry in runs["local"].history]
 
 
-def test_frozen_probe_is_identical_and_the_fine_tuned_score_is_within_noise(runs):
-    """Before training both engines see the same maps and weights: the probe scores must be equal. After it,
-    float sums in another order (and Adam's per-weight scaling of tiny gradients) move the weights a little,
-    so the fine-tuned val QWK must only lie inside the single-process run's 95% bootstrap interval."""
+def test_two_workers_train_as_one_process_does(runs):
+    """Same weights file, same cached maps, the same global batches in the same order: each step's gradients,
+    averaged over the two workers' halves of a batch, are one process's up to the order of float sums. So the
+    probe, every epoch's val metric and the final scores match, and the losses agree to 1e-4."""
     local, on_ray = runs["local"], runs["ray"]
-    assert on_ray.history[0]["val_metric"] == local.history[0]["val_metric"]
-    frozen = {(row["head"]): row["qwk"] for row in local.rows if row["features"] == "frozen"}
-    assert {row["head"]: row["qwk"] for row in on_ray.rows if row["features"] == "frozen"} == frozen
-    tuned_local = next(row for row in local.rows if row["features"] == "fine-tuned" and row["head"] == "logreg")
-    tuned_ray = next(row for row in on_ray.rows if row["features"] == "fine-tuned" and row["head"] == "logreg")
-    low, high = tuned_local["qwk_ci"]
-    assert low <= tuned_ray["qwk"] <= high
-    assert high - low < 1.0  # an interval that says something: not the whole range of QWK
+    assert [entry["val_metric"] for entry in on_ray.history] == pytest.approx(
+        [entry["val_metric"] for entry in local.history], abs=1e-6)
+    assert [entry["loss"] for entry in on_ray.history[1:]] == pytest.approx(
+        [entry["loss"] for entry in local.history[1:]], rel=1e-4)
+    assert on_ray.best_epoch == local.best_epoch
+    assert [(row["features"], row["head"]) for row in on_ray.rows] == [(row["features"], row["head"])
+                                                                        for row in local.rows]
+    for key in ("qwk", "accuracy"):
+        assert [row[key] for row in on_ray.rows] == pytest.approx([row[key] for row in local.rows], abs=1e-6)
 
 
 def test_too_many_workers_and_workers_without_ray_are_refused(local_ray):

@@ -188,11 +188,12 @@ def map_dataset(data: MapRows, config: TopConfig, *, first_epoch: int = 0, train
 
     from featx.images import augment as affine
 
-    epochs = itertools.count(first_epoch)
     image_augment = affine if (train and config.cut == "input") else None
 
     def generate():
-        for epoch in epochs:
+        # A counter per start: Keras starts the generator again under MultiWorkerMirroredStrategy (its build pulls
+        # one batch, then resets), and each start must see the same epoch seeds as one process does.
+        for epoch in itertools.count(first_epoch):
             yield from map_batches(data, config.batch_size, shuffle=train, seed=config.seed * 1_000_003 + epoch,
                                    flip=train and config.cut != "input", augment=image_augment)
 
