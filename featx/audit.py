@@ -36,7 +36,7 @@ CANDIDATE_MARGIN = 0.1
 # centroid, or to the nearest centroid, above which the row is called an outlier.
 OUTLIER_Z = 3.5
 CHUNK_ROWS = 8192
-RERANK_ROWS = 100_000  # full rows held at once to re-score candidates: 100,000 x 1,280 float32 is 0.5 GB
+RERANK_ROWS = 50_000  # full rows held at once to re-score candidates: 50,000 x 1,280 float32 is 0.25 GB
 
 
 @dataclass
