@@ -96,11 +96,11 @@ def litert(n_jobs: int, precision: str = "float32", calibration=None):
 
 def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
     """(height, width) from a JPEG's start-of-frame header, without decoding; None if not a JPEG."""
-    from featx.images import _is_jpeg, _jpeg_header_segments
+    from featx.image_headers import is_jpeg, jpeg_header_segments
 
-    if not _is_jpeg(data):
+    if not is_jpeg(data):
         return None
-    for marker, start, _ in _jpeg_header_segments(data):
+    for marker, start, _ in jpeg_header_segments(data):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT/JPG/DAC
             return int.from_bytes(data[start + 1:start + 3], "big"), int.from_bytes(data[start + 3:start + 5], "big")
     return None
@@ -120,18 +120,18 @@ def reduction(dimensions, size: int, rule: str = "min") -> int:
 
 def load(path: Path, size: int, rule: str | None = None) -> np.ndarray | None:
     """Decode and resize one image as featx does; rule "min"/"max" decodes big JPEGs at reduced scale."""
-    from featx import images
+    from featx import image_headers, images
 
     try:
         data = path.read_bytes()
         factor = reduction(jpeg_dimensions(data), size, rule) if rule else 1
-        if factor == 1 or images._is_truncated_jpeg(data):
+        if factor == 1 or image_headers.is_truncated_jpeg(data):
             image = images.decode_image(data, path)
         else:
             # IGNORE_ORIENTATION: featx applies EXIF orientation itself, as for full-size decoding.
             flag = _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
             image = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), flag), cv2.COLOR_BGR2RGB)
-            image = np.ascontiguousarray(images._apply_orientation(image, images._exif_orientation(data)))
+            image = np.ascontiguousarray(images._apply_orientation(image, image_headers.exif_orientation(data)))
         return images.resize(image, size)
     except Exception:  # noqa: BLE001 - a bad file is skipped, as featx does
         return None

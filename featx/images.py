@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from imutils.paths import list_files
 
 from featx.errors import FeatxError
+from featx.image_headers import exif_orientation, image_header_size, is_jpeg, is_truncated_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def decode_image(data: bytes, path="<bytes>", *, reduce_to: int | None = None) -
     """
     if len(data) == 0:
         raise UnreadableImage(path, "empty file")
-    if _is_truncated_jpeg(data):
+    if is_truncated_jpeg(data):
         # Some libjpeg builds decode a cut-off file silently, padding it with gray.
         raise UnreadableImage(path, "truncated JPEG (file ends before the image data does)")
     try:
@@ -233,7 +233,7 @@ def decode_image(data: bytes, path="<bytes>", *, reduce_to: int | None = None) -
     if image.size == 0 or image.shape[0] == 0 or image.shape[1] == 0:
         raise UnreadableImage(path, "image has zero width or height")
     rgb = _to_rgb_uint8(image, path)
-    return np.ascontiguousarray(_apply_orientation(rgb, _exif_orientation(data)))
+    return np.ascontiguousarray(_apply_orientation(rgb, exif_orientation(data)))
 
 
 # libjpeg's scales while decoding, smallest reduction first.
@@ -247,7 +247,7 @@ def _decoding_flags(data: bytes, path, reduce_to: int | None = None) -> int:
     if size is None:
         return cv2.IMREAD_UNCHANGED
     width, height = size
-    jpeg = _is_jpeg(data)
+    jpeg = is_jpeg(data)
     scale = 1
     if jpeg and reduce_to:
         # Both sides keep at least reduce_to pixels: the image is never enlarged afterwards, so a crop or a
@@ -260,48 +260,6 @@ def _decoding_flags(data: bytes, path, reduce_to: int | None = None) -> int:
                                         f"({MAX_IMAGE_PIXELS // 1_000_000} million); downscale it")
         scale = max(scale, fitting[0])
     return cv2.IMREAD_UNCHANGED if scale == 1 else _REDUCED_JPEG[scale] | cv2.IMREAD_IGNORE_ORIENTATION
-
-
-def image_header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) that an image's header declares (PNG, JPEG, BMP, GIF, WebP); None when not known."""
-    try:
-        if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR":
-            return struct.unpack(">II", data[16:24])
-        if _is_jpeg(data):
-            for marker, start, _ in _jpeg_header_segments(data):
-                if marker in _JPEG_FRAME_MARKERS:  # start of frame: precision, height, width
-                    height, width = struct.unpack(">HH", data[start + 1 : start + 5])
-                    return width, height
-            return None
-        if data[:2] == b"BM":
-            if int.from_bytes(data[14:18], "little") == 12:  # the old OS/2 header: 16-bit sizes
-                return struct.unpack("<HH", data[18:22])
-            width, height = struct.unpack("<ii", data[18:26])
-            return abs(width), abs(height)  # a negative height means rows stored top-down
-        if data[:4] in (b"GIF8",):
-            return struct.unpack("<HH", data[6:10])
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            return _webp_size(data)
-    except struct.error:  # a header cut short: let the decoder say what is wrong
-        return None
-    return None
-
-
-# SOF0..SOF15 but DHT (C4), JPG (C8) and DAC (CC), which share the range.
-_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _webp_size(data: bytes) -> tuple[int, int] | None:
-    kind = data[12:16]
-    if kind == b"VP8X":  # extended: 24-bit canvas width-1 and height-1
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    if kind == b"VP8L":  # lossless: 14-bit width-1 and height-1 after a signature byte
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if kind == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
-        width, height = struct.unpack("<HH", data[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    return None
 
 
 def try_load_image(path, *, reduce_to: int | None = None) -> tuple[np.ndarray | None, str | None]:
@@ -342,80 +300,6 @@ def _to_unit_float(image: np.ndarray, path) -> np.ndarray:
     if image.dtype in (np.uint8, np.uint16):
         return image.astype(np.float32) / float(np.iinfo(image.dtype).max)
     raise UnreadableImage(path, f"unsupported pixel type {image.dtype}")
-
-
-def _jpeg_header_segments(data: bytes):
-    """(marker, payload start, payload end) of each JPEG segment up to and including start-of-scan."""
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        yield marker, i + 4, i + 2 + length
-        if marker == 0xDA:
-            return
-        i += 2 + length
-
-
-def _is_jpeg(data: bytes) -> bool:
-    return data[:2] == b"\xff\xd8"
-
-
-def _is_truncated_jpeg(data: bytes) -> bool:
-    """True when a JPEG has no end-of-image marker after its first scan (trailing data is fine)."""
-    if not _is_jpeg(data):
-        return False
-    scan_start = next((start for marker, start, _ in _jpeg_header_segments(data) if marker == 0xDA), None)
-    return scan_start is None or data.rfind(b"\xff\xd9") < scan_start
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _exif_block(data: bytes) -> bytes | None:
-    """The TIFF-structured EXIF data of a JPEG (APP1) or PNG (eXIf chunk), if any."""
-    if _is_jpeg(data):
-        for marker, start, end in _jpeg_header_segments(data):
-            if marker == 0xE1 and data[start : start + 6] == b"Exif\x00\x00":
-                return data[start + 6 : end]
-        return None
-    if data.startswith(_PNG_SIGNATURE):
-        i = len(_PNG_SIGNATURE)
-        while i + 8 <= len(data):
-            length = int.from_bytes(data[i : i + 4], "big")
-            kind = data[i + 4 : i + 8]
-            if kind == b"eXIf":
-                return data[i + 8 : i + 8 + length]
-            if kind == b"IEND":
-                return None
-            i += 12 + length
-    return None
-
-
-def _exif_orientation(data: bytes) -> int:
-    """The EXIF Orientation tag (1..8); 1 (upright) when absent or unreadable."""
-    tiff = _exif_block(data)
-    if not tiff or tiff[:2] not in (b"II", b"MM"):
-        return 1
-    endian = "<" if tiff[:2] == b"II" else ">"
-    try:
-        (ifd,) = struct.unpack_from(endian + "I", tiff, 4)
-        (count,) = struct.unpack_from(endian + "H", tiff, ifd)
-        for k in range(count):
-            tag, kind = struct.unpack_from(endian + "HH", tiff, ifd + 2 + 12 * k)
-            if tag == 0x0112 and kind == 3:  # Orientation, SHORT
-                (value,) = struct.unpack_from(endian + "H", tiff, ifd + 2 + 12 * k + 8)
-                return value if 1 <= value <= 8 else 1
-    except struct.error:
-        pass
-    return 1
 
 
 def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:

@@ -431,9 +431,9 @@ def test_tta_flip_mirrors_horizontally():
 
 def test_truncation_check_guards_lenient_jpeg_decoders():
     # OpenCV 5 already refuses a JPEG without its end marker; OpenCV 4 decodes it padded with gray.
-    from featx.images import _is_truncated_jpeg
+    from featx.image_headers import is_truncated_jpeg
 
     ok, jpeg = cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8))
     complete = with_exif_orientation(jpeg.tobytes(), 1)
-    assert not _is_truncated_jpeg(complete) and not _is_truncated_jpeg(complete + b"appended")
-    assert _is_truncated_jpeg(complete[:-2]) and _is_truncated_jpeg(complete[: len(complete) // 2])
+    assert not is_truncated_jpeg(complete) and not is_truncated_jpeg(complete + b"appended")
+    assert is_truncated_jpeg(complete[:-2]) and is_truncated_jpeg(complete[: len(complete) // 2])
