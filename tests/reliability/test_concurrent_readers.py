@@ -24,10 +24,10 @@ PAUSING_EXTRACT = """
 import os, sys
 from featx import runner
 from featx.cli import main
-from featx.store import writer
+from featx.store import _sink
 
 to_test, from_test = os.fdopen(int(sys.argv[1]), "w"), os.fdopen(int(sys.argv[2]))
-real_run, real_append = runner._run_backbone, writer._FinalSink.append
+real_run, real_append = runner._run_backbone, _sink.FinalSink.append
 
 def pause(phase):
     to_test.write(phase + "\\n")
@@ -42,7 +42,7 @@ def paused_append(self, contents):
     real_append(self, contents)
     pause("assembling")
 
-runner._run_backbone, writer._FinalSink.append = paused_run, paused_append
+runner._run_backbone, _sink.FinalSink.append = paused_run, paused_append
 sys.exit(main(sys.argv[3:]))
 """
 
