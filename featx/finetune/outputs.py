@@ -14,7 +14,7 @@ from featx.bundle import save_bundle
 from featx.heads import SoftmaxRegression, fitted_params
 from featx.recipe import Recipe
 from featx.report import leaderboard_table
-from featx.scoring import score_row
+from featx.scoring import leaderboard_row
 
 __all__ = ["Outputs", "affine_map", "linear_head", "scored_rows", "write_outputs"]
 
@@ -89,13 +89,12 @@ def scored_rows(outputs: Outputs, frozen_heads: dict, tuned_heads: dict, frozen:
     rows = []
     for features, heads, X in (("frozen", frozen_heads, frozen), ("fine-tuned", tuned_heads, tuned)):
         for head_name, head in heads.items():
-            predicted = head.predict(X[split])
-            row = {"features": features, "dims": X[split].shape[1], "head": head_name,
-                   "params": fitted_params(head) if features == "frozen" or head_name != "logreg"
-                   else {"epoch": outputs.extra.get("best_epoch")}, "cv_score": None, "fit_seconds": None}
-            row.update(score_row(labels[split], predicted, n_classes=len(outputs.class_names),
-                                 with_qwk=outputs.graded, bootstrap=outputs.bootstrap, seed=outputs.seed))
-            rows.append(row)
+            params = (fitted_params(head) if features == "frozen" or head_name != "logreg"
+                      else {"epoch": outputs.extra.get("best_epoch")})
+            row = leaderboard_row(head_name, labels[split], head.predict(X[split]),
+                                  n_classes=len(outputs.class_names), with_qwk=outputs.graded, params=params,
+                                  bootstrap=outputs.bootstrap, seed=outputs.seed)
+            rows.append({"features": features, "dims": X[split].shape[1], **row})
     return rows
 
 
