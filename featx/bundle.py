@@ -11,9 +11,11 @@ from skops.io.exceptions import UntrustedTypesFoundException
 from featx._version import __version__
 from featx.atomic import atomic_output
 from featx.backbones import list_backbones
+from featx.context import CONTEXTS, FILL, FILLS, with_context
 from featx.errors import FeatxError
 from featx.heads import TRUSTED_TYPES
 from featx.recipe import FEATURE_KEYS, Recipe, mismatch
+from featx.rows import Rows, read_fused
 
 __all__ = ["BUNDLE_FORMAT", "Bundle", "as_bundle", "load_bundle", "save_bundle", "trusted_types"]
 
@@ -53,6 +55,33 @@ class Bundle:
                              "use .recipes")
         return self.recipes[0] if self.recipes else None
 
+    @property
+    def group(self) -> str | None:
+        """The --group regex that named the training rows' subjects (None: not grouped, or an older bundle)."""
+        return self.extra.get("group") or None
+
+    @property
+    def group_unmatched(self) -> str:
+        return self.extra.get("group_unmatched") or "refuse"
+
+    @property
+    def context(self) -> str | None:
+        """The --context the head was trained with: its rows hold their features, then their context."""
+        return self.extra.get("context") or None
+
+    @property
+    def context_fill(self) -> str:
+        return self.extra.get("context_fill") or FILL
+
+    def labelled_rows(self, stores, log) -> Rows:
+        """The labelled rows of `stores` (checked by `check_features`) as the head reads them: with context, if
+        trained with it, from the rows' subjects named as in training."""
+        self.check_features(stores)
+        if not self.context:
+            return read_fused(stores, self.label_names, log)
+        rows = read_fused(stores, self.label_names, log, group=self.group, unmatched=self.group_unmatched)
+        return with_context(rows, fill=self.context_fill)
+
     def check_features(self, stores) -> None:
         """Refuse feature files (FeatureStores; one per fused recipe) that are not the space this head knows."""
         stores = list(stores) if isinstance(stores, (list, tuple)) else [stores]
@@ -66,6 +95,8 @@ class Bundle:
                 raise FeatxError(f"{store.path} holds features made differently from the model's ({differences}); "
                                  "extract features with the model's recipe")
         dim, expected = sum(store.dim for store in stores), getattr(self.head, "n_features_in_", None)
+        if self.context:
+            dim *= 2  # each row's context beside it
         if expected is not None and dim != expected:
             raise FeatxError(f"{', '.join(str(s.path) for s in stores)}: {dim} features per row but the model "
                              f"expects {expected}; extract features with the model's recipe")
@@ -140,6 +171,7 @@ def load_bundle(path: str | Path) -> Bundle:
     wrong = _wrong_types(content)
     if wrong:
         raise FeatxError(f"{path} is a damaged featx model bundle ({wrong}); retrain it with `featx train`")
+    _check_context(content.get("extra") or {}, path)
     return Bundle(
         head=content["head"],
         label_names=list(content["label_names"]),
@@ -157,6 +189,7 @@ def _wrong_types(content: dict) -> str:
     """What in a loaded bundle's content does not have the type featx wrote ('' when all do)."""
     names = content["label_names"]
     recipes = content.get("recipes", [])
+    extra = content.get("extra") or {}
     problems = [
         "head without predict()" if not callable(getattr(content["head"], "predict", None)) else "",
         "label_names not a list of names" if not isinstance(names, list) or not names
@@ -164,9 +197,17 @@ def _wrong_types(content: dict) -> str:
         "metrics not a dict" if not isinstance(content["metrics"], dict) else "",
         "head_name not a name" if not isinstance(content["head_name"], str) else "",
         "recipes not a list" if not isinstance(recipes, list) else "",
-        "extra not a dict" if not isinstance(content.get("extra") or {}, dict) else "",
+        "extra not a dict" if not isinstance(extra, dict) else "",
+        "group not a regex" if isinstance(extra, dict) and not isinstance(extra.get("group") or "", str) else "",
     ]
     return ", ".join(problem for problem in problems if problem)
+
+
+def _check_context(extra: dict, path: Path) -> None:
+    context, fill = extra.get("context"), extra.get("context_fill")
+    if context not in (None, *CONTEXTS) or fill not in (None, *FILLS):
+        raise FeatxError(f"{path} gives its rows a context this featx {__version__} does not know "
+                         f"({context!r}, fill {fill!r}); upgrade featx (pip install -U featx)")
 
 
 def _untrusted_names(error: Exception) -> str:

@@ -90,7 +90,8 @@ def _cmd_evaluate(args):
 def _cmd_predict(args):
     from featx.predict import predict
 
-    result = predict(args.bundle, args.images, output=args.output, batch_size=args.batch_size, runtime=args.runtime)
+    result = predict(args.bundle, args.images, output=args.output, batch_size=args.batch_size, runtime=args.runtime,
+                     group_unmatched=args.group_unmatched)
     print(result)
 
 
@@ -131,6 +132,8 @@ def _stage2_options(s) -> None:
                    "side of every split (a file made with extract --group records them already)")
     s.add_argument("--group-unmatched", choices=["refuse", "own"], default="refuse",
                    help="paths REGEX does not match: refuse (default) or make each its own subject")
+    s.add_argument("--context", choices=["others"], help="others: beside each row, the mean features of its "
+                   "subject's other images (the other eye or knee); needs subjects (--group)")
 
 
 def _stage2_run_options(args, **more):
@@ -140,7 +143,8 @@ def _stage2_run_options(args, **more):
     return Options(test=args.test, test_size=args.test_size, heads=args.heads, folds=args.folds,
                    class_weight=args.class_weight, metric=args.metric, ordinal=args.ordinal or None,
                    n_jobs=args.n_jobs, output=args.output, seed=args.seed, progress=not args.quiet,
-                   report=not args.no_report, group=args.group, group_unmatched=args.group_unmatched, **more)
+                   report=not args.no_report, group=args.group, group_unmatched=args.group_unmatched,
+                   context=args.context, **more)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,9 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="predict classes of new images to a CSV")
     s.add_argument("bundle")
     s.add_argument("images", nargs="+", help="image files and/or folders")
-    s.add_argument("-o", "--output", default="predictions.csv")
+    s.add_argument("-o", "--output", default="predictions.csv",
+                   help="predictions CSV; a bundle trained with --group also writes <stem>-subjects.csv beside it")
     s.add_argument("--batch-size", type=int, default=32)
     _runtime_option(s)
+    s.add_argument("--group-unmatched", choices=["refuse", "own"],
+                   help="paths the bundle's --group regex does not match (default: as in training)")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("audit", help="near-duplicates, subjects in several splits and outliers in feature files")

@@ -53,6 +53,7 @@ def compare(
     report: bool = True,
     group: str | None = None,
     group_unmatched: str = "refuse",
+    context: str | None = None,
     log: Callable[[str], object] = print,
 ) -> CompareResult:
     """Train `heads` on each feature file and on all of them fused; rank every (features, head).
@@ -60,11 +61,12 @@ def compare(
     features: feature files of the same images (e.g. `featx extract DATASET --backbone a,b,c`).
     test: one test file per feature file, in the same order; otherwise one seeded hold-out of the
     same images for every variant. Nothing is saved but the report page: train the winner with
-    `featx train` to get its bundle.
+    `featx train` to get its bundle. context: "others" (see `featx.train.train`).
     """
     options = Options(heads=heads, test=test, test_size=test_size, fuse=fuse, folds=folds, class_weight=class_weight,
                       metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output, seed=seed, bootstrap=bootstrap,
-                      progress=progress, report=report, group=group, group_unmatched=group_unmatched)
+                      progress=progress, report=report, group=group, group_unmatched=group_unmatched,
+                      context=context)
     return compare_with(features, options, log)
 
 
@@ -75,7 +77,7 @@ def compare_with(features, options: Options, log: Callable[[str], object] = prin
     metric, tests = options.metric, options.test
     split = load_split(files, test=tests, test_size=options.test_size, ordinal=options.ordinal, folds=options.folds,
                        seed=options.seed, log=log, same_decoding=False, group=options.group,
-                       group_unmatched=options.group_unmatched)
+                       group_unmatched=options.group_unmatched, context=options.context)
     head_names = choose_heads(options.heads, split, folds=options.folds, log=log)
     labels = _labels(files, split)
     variants = [(label, [i]) for i, label in enumerate(labels)]

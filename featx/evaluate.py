@@ -11,7 +11,7 @@ import numpy as np
 from featx.bundle import as_bundle
 from featx.errors import FeatxError
 from featx.report import leaderboard_table
-from featx.rows import as_paths, read_fused
+from featx.rows import as_paths
 from featx.scoring import details, leaderboard_row
 from featx.store import FeatureStore
 
@@ -44,8 +44,7 @@ def evaluate(bundle, features, *, bootstrap: int = 1000, log: Callable[[str], ob
     files = as_paths(features)
     with ExitStack() as stack:
         stores = [stack.enter_context(FeatureStore(f)) for f in files]
-        model.check_features(stores)
-        data = read_fused(stores, model.label_names, log).originals()
+        data = model.labelled_rows(stores, log).originals()
     features = data.source
     if len(data) == 0:
         raise FeatxError(f"{features} has no labelled images to evaluate on; use `featx predict` for unlabelled images")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from featx.atomic import writable_folder
 from featx.bundle import save_bundle
 from featx.choices import METRICS
+from featx.context import check_context
 from featx.errors import FeatxError
 from featx.heads import cv_score, fit_head, fitted_params, make_head
 from featx.pipeline_split import Split, choose_heads, load_split, more_images_remedy
@@ -56,6 +57,7 @@ class Options:
     fuse: bool = True  # compare only: also score the files fused
     group: str | None = None  # --group REGEX: subjects named on the paths stay on one side of every split
     group_unmatched: str = "refuse"  # or "own": a path the regex misses is its own subject
+    context: str | None = None  # "others": each row also gets the mean features of its subject's other images
 
     def __post_init__(self):
         self.test = None if self.test is None else as_paths(self.test)
@@ -75,6 +77,7 @@ class Options:
             raise FeatxError(f"unknown --engine {self.engine!r}: use {' or '.join(ENGINES)}")
         if self.address and self.engine != "ray":
             raise FeatxError("--address is an option of --engine ray")
+        check_context(self.context)
 
     def bundle_record(self, files, *, train_rows: int, test_rows: int, refit_rows: int | None) -> dict:
         """How a bundle was made, stored in it: files, split, options and row counts."""
@@ -132,14 +135,15 @@ def train_in_memory(files: list[Path], options: Options, log: Callable[[str], ob
     """Fit each head on the training rows, score it on the test rows, refit it on all rows, save it; the page."""
     split = load_split(files, test=options.test, test_size=options.test_size, ordinal=options.ordinal,
                        folds=options.folds, seed=options.seed, log=log, group=options.group,
-                       group_unmatched=options.group_unmatched)
+                       group_unmatched=options.group_unmatched, context=options.context)
     head_names = choose_heads(options.heads, split, folds=options.folds, log=log)
     name = output_stem(files)
     log(f"fitting {len(head_names)} head(s) on {len(split.train)} rows x {split.train.X.shape[1]} dims of "
         f"{split.train.source} ({len(split.class_names)} {'graded ' if split.graded else ''}classes: "
         f"{', '.join(split.class_names)}); testing on {len(split.test)} rows of {split.test_label}")
     refit_rows = None if split.all_rows is None else len(split.all_rows)
-    extra = options.bundle_record(files, train_rows=len(split.train), test_rows=len(split.test), refit_rows=refit_rows)
+    extra = {**options.bundle_record(files, train_rows=len(split.train), test_rows=len(split.test),
+                                     refit_rows=refit_rows), **split.bundle_record()}
     output = writable_folder(options.output, "-o")  # before any fit: a long run must not end in a permission error
     rows, texts, models, scored, bundles, pngs = [], {}, {}, {}, {}, {}
     with engine(options, log):

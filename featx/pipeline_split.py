@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.choices import HEAD_NAMES, STREAMED_HEAD
+from featx.context import check_context, context_record, with_context
 from featx.errors import FeatxError
 from featx.heads import is_ordinal_head, min_images_per_class
 from featx.recipe import DECODE_KEYS, Recipe, mismatch
@@ -57,6 +58,9 @@ class Split:
     test_label: str  # what was tested on, in words
     all_rows: Rows | None  # every labelled row of the training file, when the test rows were held out of it
     train_images_note: str = ""  # how the training images were counted, for messages
+    group: str | None = None  # the regex that named the rows' subjects (--group, or the file's), if any
+    group_unmatched: str = "refuse"
+    context: str | None = None  # --context: each file's features are followed by their context (featx.context)
 
     @classmethod
     def from_arrays(cls, X, y, X_test, y_test, class_names, *, graded: bool | None = None, recipes=(),
@@ -71,12 +75,17 @@ class Split:
                    test_label=test_label, all_rows=None)
 
     def blocks(self, indices) -> Split:
-        """The same split with only the features (and recipes) of the fused files `indices`."""
+        """The same split with only the features (and recipes) of the fused files `indices` (and their context)."""
+        columns = list(indices) + ([len(self.train.widths) // 2 + i for i in indices] if self.context else [])
         return dataclasses.replace(
-            self, train=self.train.blocks(indices), test=self.test.blocks(indices),
+            self, train=self.train.blocks(columns), test=self.test.blocks(columns),
             recipes=[self.recipes[i] for i in indices] if self.recipes else [],
-            all_rows=None if self.all_rows is None else self.all_rows.blocks(indices),
+            all_rows=None if self.all_rows is None else self.all_rows.blocks(columns),
         )
+
+    def bundle_record(self) -> dict:
+        """How the rows were grouped and given context, for bundles: predict repeats it on new images."""
+        return {"group": self.group, "group_unmatched": self.group_unmatched, **context_record(self.context)}
 
     @property
     def rows_to_save(self) -> Rows:
@@ -88,9 +97,10 @@ class Split:
 # memory
 
 
-def memory_needed(stores) -> int:
-    """Bytes the in-memory heads need for the features of `stores` (read from their shapes only)."""
-    return sum(len(store) * store.dim * 4 * MEMORY_FACTOR for store in stores)
+def memory_needed(stores, widening: int = 1) -> int:
+    """Bytes the in-memory heads need for the features of `stores` (read from their shapes only), `widening`
+    times as wide (--context doubles every row)."""
+    return sum(len(store) * store.dim * 4 * MEMORY_FACTOR * widening for store in stores)
 
 
 def fits_in_memory(stores) -> bool:
@@ -98,9 +108,9 @@ def fits_in_memory(stores) -> bool:
     return memory_needed(stores) <= available_memory()
 
 
-def check_memory(stores, test_stores) -> None:
+def check_memory(stores, test_stores, widening: int = 1) -> None:
     """Refuse, before their features are read, files the in-memory heads could not hold; say to stream them."""
-    need, free = memory_needed([*stores, *test_stores]), available_memory()
+    need, free = memory_needed([*stores, *test_stores], widening), available_memory()
     if need > free:
         files = " + ".join(str(store.path) for store in stores)
         raise FeatxError(f"{files} need(s) about {need / 2**30:.1f} GiB to train in memory but "
@@ -124,13 +134,16 @@ def available_memory() -> int:
 
 
 def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal, folds, seed, log,
-               same_decoding: bool = True, group: str | None = None, group_unmatched: str = "refuse") -> Split:
+               same_decoding: bool = True, group: str | None = None, group_unmatched: str = "refuse",
+               context: str | None = None) -> Split:
     """Read the labelled rows (fused when several files) and split them, or read the test file(s).
 
     same_decoding: refuse fusing files that feed images differently (a fused bundle could not predict).
     group, group_unmatched: name subjects from the paths (--group), which splits then keep on one side.
+    context: "others" puts each row's subject context beside its features (featx.context), in each set alone.
     """
     check_test_files(files, test)
+    check_context(context)
     with ExitStack() as stack:
         stores = [stack.enter_context(FeatureStore(f)) for f in files]
         class_names, graded = class_order(stores[0].label_names, ordinal)
@@ -138,10 +151,14 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
         test_stores = [] if test is None else [stack.enter_context(FeatureStore(f)) for f in test]
         for store, test_store in zip(stores, test_stores):
             check_compatible([store, test_store])
-        check_memory(stores, test_stores)  # the stores hold only the small columns so far
+        check_memory(stores, test_stores, 2 if context else 1)  # the stores hold only the small columns so far
+        regex, policy = _grouping(stores + test_stores, group, group_unmatched, context)
         data = read_fused(stores, class_names, log, group=group, unmatched=group_unmatched)
         if test is not None:
             held_out = read_fused(test_stores, class_names, log, group=group, unmatched=group_unmatched)
+    if context:  # before the hold-out: subjects stay on one side, so each side's context is its own rows'
+        data = with_context(data)
+        held_out = None if test is None else with_context(held_out)
     features = data.source
     present = np.unique(data.y)
     if len(present) < 2:
@@ -168,7 +185,21 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
     if len(held_out) == 0:
         raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled test file")
     return Split(train=data, test=held_out, class_names=class_names, graded=graded, recipes=recipes,
-                 test_label=test_label, all_rows=all_rows, train_images_note=note)
+                 test_label=test_label, all_rows=all_rows, train_images_note=note, group=regex,
+                 group_unmatched=policy, context=context)
+
+
+def _grouping(stores, group: str | None, unmatched: str, context: str | None) -> tuple[str | None, str]:
+    """The regex (and unmatched policy) that names the rows' subjects: --group, else the files' own record."""
+    if group:
+        return group, unmatched
+    recorded = {(store.group_regex, store.attrs.get("group_unmatched", "refuse")) for store in stores}
+    if len(recorded) == 1 and all(store.subjects is not None for store in stores):
+        return recorded.pop()
+    if context:
+        raise FeatxError(f"--context {context} needs subjects, which {stores[0].path} does not record: pass --group "
+                         r"REGEX naming each image's subject from its path, e.g. --group '(\d+)[LR]\.'")
+    return None, unmatched
 
 
 def check_test_files(files: list[Path], test: list[Path] | None) -> None:

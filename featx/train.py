@@ -40,6 +40,7 @@ def train(
     address: str | None = None,
     group: str | None = None,
     group_unmatched: str = "refuse",
+    context: str | None = None,
     log: Callable[[str], object] = print,
 ) -> TrainResult:
     """Fit each head on a feature file, score it on held-out rows, save one bundle per head.
@@ -57,11 +58,13 @@ def train(
     group: a regex whose first capture group names each row's subject from its path (a file made with
     `featx extract --group` records its subjects already); splits keep a subject on one side.
     group_unmatched: "refuse" paths it misses, or make each its own subject ("own").
+    context: "others" puts beside each row the mean features of its subject's other images (its other eye
+    or knee; the row itself when it has none); needs subjects. The bundle records it and predict repeats it.
     """
     options = Options(heads=heads, test=test, test_size=test_size, folds=folds, class_weight=class_weight,
                       metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output, seed=seed, bootstrap=bootstrap,
                       progress=progress, report=report, engine=engine, address=address, group=group,
-                      group_unmatched=group_unmatched)
+                      group_unmatched=group_unmatched, context=context)
     return train_with(features, options, log)
 
 
@@ -72,6 +75,9 @@ def train_with(features, options: Options, log: Callable[[str], object] = print)
     if not options.fuse:
         raise FeatxError("train always fuses several feature files; to score them one by one, use compare")
     if streams(head_list(options.heads), files, options):
+        if options.context:
+            raise FeatxError(f"--context {options.context} trains in memory, but --heads sgd alone streams the file: "
+                             "add another head (e.g. --heads sgd,logreg)")
         # Alone on one file, the out-of-core head reads the features a chunk at a time.
         return train_streamed(files[0], options, log)
     return train_in_memory(files, options, log)

@@ -23,7 +23,7 @@ from featx.report.label_issues import (
     write_label_issues_csv,
 )
 from featx.report.page import FeatureMap, Predictions, ReportData, write_report_page
-from featx.rows import Rows, as_paths, output_stem, read_fused
+from featx.rows import Rows, as_paths, output_stem
 from featx.store import FeatureStore
 
 __all__ = ["ReportResult", "build_report", "report"]
@@ -267,8 +267,7 @@ def report(bundle_path, features_path, *, output=None, folds: int = 3, seed: int
     files = as_paths(features_path)
     with ExitStack() as stack:
         stores = [stack.enter_context(FeatureStore(f)) for f in files]
-        bundle.check_features(stores)
-        rows = read_fused(stores, bundle.label_names, log)
+        rows = bundle.labelled_rows(stores, log)
     named = " + ".join(f.name for f in files)
     if len(rows) == 0:
         raise FeatxError(f"{named} has no labelled rows; a report needs images in class folders")

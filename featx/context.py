@@ -1,0 +1,80 @@
+"""--context others: each row's features beside the mean features of its subject's other images.
+
+Human graders look at a patient's other eye or knee; a head sees it only if it is in the row. The
+context is a function of features alone (never of labels), computed over the rows of one set: a
+training file's rows, a test file's rows, a predicted folder's images. Splits keep a subject on one
+side, so computing it once before splitting gives every fold exactly what computing it inside the
+fold would. Augmented copies of a row's own image are never its context; other images count by their
+original rows only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.rows import Rows, row_groups
+
+__all__ = ["CONTEXTS", "FILL", "FILLS", "check_context", "context_record", "others_mean", "with_context"]
+
+CONTEXTS = ("others",)
+FILLS = ("self", "zeros")
+# A subject with one image gets its own features as context: it reads as a subject whose images agree.
+FILL = "self"
+
+
+def check_context(context: str | None) -> None:
+    """Refuse an unknown --context before any file is read."""
+    if context is not None and context not in CONTEXTS:
+        raise FeatxError(f"unknown --context {context!r}: use {' or '.join(CONTEXTS)}, or leave it out")
+
+
+def context_record(context: str | None, fill: str = FILL) -> dict:
+    """How a bundle's rows were given context, as bundles record it."""
+    return {"context": context, "context_fill": fill if context else None}
+
+
+def others_mean(X, subjects, images, originals=None, *, fill: str = FILL) -> np.ndarray:
+    """Per row, the mean features of the original rows of its subject's other images; `fill` where there are none.
+
+    subjects, images: per-row keys (a subject's images; an image's augmented copies share its key).
+    originals: a boolean mask of the rows that count as an image's features (default: every row).
+    fill: "self" (the row's own features) or "zeros".
+    """
+    if fill not in FILLS:
+        raise FeatxError(f"unknown context fill {fill!r}: use {' or '.join(FILLS)}")
+    X = np.asarray(X, dtype=np.float32)
+    n = len(X)
+    originals = np.ones(n, dtype=bool) if originals is None else np.asarray(originals, dtype=bool)
+    _, subject = np.unique(np.asarray(subjects, dtype=object).astype(str), return_inverse=True)
+    _, image = np.unique(np.asarray(images, dtype=object).astype(str), return_inverse=True)
+    # Sums per subject and per image over the counted rows: a row's others are its subject less its own image.
+    subject_sum, image_sum = _sums(X, subject, originals), _sums(X, image, originals)
+    subject_count = np.bincount(subject, weights=originals, minlength=subject.max(initial=-1) + 1)
+    image_count = np.bincount(image, weights=originals, minlength=image.max(initial=-1) + 1)
+    count = subject_count[subject] - image_count[image]
+    partnered = count > 0
+    context = X.copy() if fill == "self" else np.zeros_like(X)
+    others = subject_sum[subject[partnered]] - image_sum[image[partnered]]
+    context[partnered] = others / count[partnered, None]
+    return context
+
+
+def _sums(X: np.ndarray, keys: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    sums = np.zeros((keys.max(initial=-1) + 1, X.shape[1]), dtype=np.float64)
+    np.add.at(sums, keys[counted], X[counted])
+    return sums
+
+
+def with_context(rows: Rows, *, fill: str = FILL) -> Rows:
+    """`rows` with each row's context (others_mean over its subject, rows.groups) beside its features.
+
+    The rows' groups must be subjects. Fused files' widths gain one block per file, after theirs, so
+    `Rows.blocks` can pick a file's features and its context together.
+    """
+    images = row_groups(rows.paths, len(rows))
+    context = others_mean(rows.X, rows.groups, images, rows.aug == 0, fill=fill)  # column-wise: per file alike
+    widths = rows.widths or (rows.X.shape[1],)
+    return dataclasses.replace(rows, X=np.hstack([rows.X, context]), widths=(*widths, *widths))
