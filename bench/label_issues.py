@@ -11,7 +11,8 @@ logreg head is fitted on the planted labels and its own out-of-fold probabilitie
   CSV list) and of the label-quality ranking of every row (the order to review in past the list);
 - each cleanlab ranking (self-confidence, normalized margin) and the rule featx had before (193b0d8,
   read with `git show`; skipped outside a git checkout);
-- the share flagged on the clean labels, and on the shared knee grades (graded rule) when present.
+- the share flagged on the clean labels, and on the shared knee grades (graded rule) when present; there,
+  `share` of the rows moved at least 2 grades, and the recall and precision of the graded list.
 """
 
 from __future__ import annotations
@@ -109,6 +110,25 @@ def planted(name, X, truth, seeds, share, old_rule) -> None:
             print(f"  before ({BEFORE}, {len(before)} flagged)       {_scores(before.rows, marked, n)}")
 
 
+def planted_grades(name, X, truth, seeds, share) -> None:
+    """Graded labels: `share` of the rows moved at least GRADE_DISTANCE grades; recall and precision of the list."""
+    from featx.report.label_issues import GRADE_DISTANCE, find_label_issues
+
+    n_classes = int(truth.max()) + 1
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        moved = rng.choice(len(truth), size=max(1, round(share * len(truth))), replace=False)
+        given = truth.copy()
+        for row in moved:
+            given[row] = rng.choice([g for g in range(n_classes) if abs(g - truth[row]) >= GRADE_DISTANCE])
+        probabilities, seconds = _oof(X, given, n_classes, graded=True)
+        issues = find_label_issues(probabilities, given, graded=True)
+        found = int(np.isin(issues.rows, moved).sum())
+        print(f"{name} seed {seed}: {len(moved)} of {len(truth)} moved >= {GRADE_DISTANCE} grades; {len(issues)} "
+              f"listed; recall {found / len(moved):.3f}, precision {found / max(len(issues), 1):.3f}  "
+              f"{_scores(issues.rows, set(moved.tolist()), len(moved))}; head fit {seconds:.1f} s", flush=True)
+
+
 def clean(name, X, y, *, graded: bool, old_rule) -> None:
     from featx.report.label_issues import find_label_issues
 
@@ -152,8 +172,9 @@ def main() -> int:
         import h5py
 
         with h5py.File(knee, "r") as handle:
-            clean("knee grades", handle["features"][:].astype(np.float32), handle["labels"][:], graded=True,
-                  old_rule=old_rule)
+            X, y = handle["features"][:].astype(np.float32), handle["labels"][:]
+        clean("knee grades", X, y, graded=True, old_rule=old_rule)
+        planted_grades("knee grades", X, y, seeds, args.share)
     else:
         print(f"skipping knee grades: {knee} is absent")
     return 0

@@ -76,6 +76,24 @@ def test_graded_issues_are_two_or_more_grades_from_their_label():
     assert first + 1 in find_label_issues(probabilities, labels).rows
 
 
+def test_a_graded_cleanlab_flag_counts_only_where_the_expected_grade_backs_it():
+    rng = np.random.default_rng(0)
+    probabilities, labels = _confident_rows(5, 30, rng, sureness=0.6)
+    extra = np.array([
+        [0.3, 0.0, 0.65, 0.05, 0.0],  # labelled 0, cleanlab suggests 2, expected grade 1.45: rounds to 1, not listed
+        [0.15, 0.15, 0.65, 0.05, 0.0],  # labelled 0, cleanlab suggests 2, expected grade 1.6: rounds to 2, listed
+    ])
+    probabilities = np.vstack([probabilities, extra])
+    labels = np.concatenate([labels, [0, 0]])
+    unbacked, backed = len(labels) - 2, len(labels) - 1
+    # Confident learning flags both (the rule below is not vacuous) ...
+    assert {unbacked, backed} <= set(find_label_issues(probabilities, labels).rows)
+    issues = find_label_issues(probabilities, labels, graded=True)
+    # ... but only the one its expected grade backs is a graded issue.
+    assert list(issues.rows) == [backed] and list(issues.suggested) == [2]
+    assert issues.reasons == ["confident learning; expected grade 1.6"]
+
+
 def test_a_class_without_rows_changes_nothing():
     # Nobody is labelled 2 and the model never gives it probability: a column of zeros changes nothing.
     rng = np.random.default_rng(1)
