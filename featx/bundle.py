@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import skops.io
 from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -73,6 +74,11 @@ class Bundle:
     def context_fill(self) -> str:
         return self.extra.get("context_fill") or FILL
 
+    @property
+    def context_fill_value(self):
+        """The features the "mean" fill gives a row whose subject has no other image (the training rows' mean)."""
+        return self.extra.get("context_fill_value")
+
     def labelled_rows(self, stores, log) -> Rows:
         """The labelled rows of `stores` (checked by `check_features`) as the head reads them: with context, if
         trained with it, from the rows' subjects named as in training."""
@@ -80,7 +86,7 @@ class Bundle:
         if not self.context:
             return read_fused(stores, self.label_names, log)
         rows = read_fused(stores, self.label_names, log, group=self.group, unmatched=self.group_unmatched)
-        return with_context(rows, fill=self.context_fill)
+        return with_context(rows, fill=self.context_fill, value=self.context_fill_value)
 
     def check_features(self, stores) -> None:
         """Refuse feature files (FeatureStores; one per fused recipe) that are not the space this head knows."""
@@ -208,6 +214,10 @@ def _check_context(extra: dict, path: Path) -> None:
     if context not in (None, *CONTEXTS) or fill not in (None, *FILLS):
         raise FeatxError(f"{path} gives its rows a context this featx {__version__} does not know "
                          f"({context!r}, fill {fill!r}); upgrade featx (pip install -U featx)")
+    value = extra.get("context_fill_value")
+    if context and fill == "mean" and (not isinstance(value, np.ndarray) or value.ndim != 1):
+        raise FeatxError(f"{path} is a damaged featx model bundle (no context fill features); retrain it with "
+                         "`featx train`")
 
 
 def _untrusted_names(error: Exception) -> str:

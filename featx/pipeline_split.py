@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.choices import HEAD_NAMES, STREAMED_HEAD
-from featx.context import check_context, context_record, with_context
+from featx.context import check_context, context_record, fill_value, with_context
 from featx.errors import FeatxError
 from featx.heads import is_ordinal_head, min_images_per_class
 from featx.recipe import DECODE_KEYS, Recipe, mismatch
@@ -61,6 +61,7 @@ class Split:
     group: str | None = None  # the regex that named the rows' subjects (--group, or the file's), if any
     group_unmatched: str = "refuse"
     context: str | None = None  # --context: each file's features are followed by their context (featx.context)
+    context_fill: np.ndarray | None = None  # the context of a row whose subject has no other image
 
     @classmethod
     def from_arrays(cls, X, y, X_test, y_test, class_names, *, graded: bool | None = None, recipes=(),
@@ -85,7 +86,8 @@ class Split:
 
     def bundle_record(self) -> dict:
         """How the rows were grouped and given context, for bundles: predict repeats it on new images."""
-        return {"group": self.group, "group_unmatched": self.group_unmatched, **context_record(self.context)}
+        return {"group": self.group, "group_unmatched": self.group_unmatched,
+                **context_record(self.context, self.context_fill)}
 
     @property
     def rows_to_save(self) -> Rows:
@@ -156,9 +158,11 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
         data = read_fused(stores, class_names, log, group=group, unmatched=group_unmatched)
         if test is not None:
             held_out = read_fused(test_stores, class_names, log, group=group, unmatched=group_unmatched)
+    fill = None
     if context:  # before the hold-out: subjects stay on one side, so each side's context is its own rows'
-        data = with_context(data)
-        held_out = None if test is None else with_context(held_out)
+        fill = fill_value(data)  # the training file's: what the bundle records for predict
+        data = with_context(data, value=fill)
+        held_out = None if test is None else with_context(held_out, value=fill)
     features = data.source
     present = np.unique(data.y)
     if len(present) < 2:
@@ -186,7 +190,7 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
         raise FeatxError(f"no labelled original images to test on in {test_label}; pass a labelled test file")
     return Split(train=data, test=held_out, class_names=class_names, graded=graded, recipes=recipes,
                  test_label=test_label, all_rows=all_rows, train_images_note=note, group=regex,
-                 group_unmatched=policy, context=context)
+                 group_unmatched=policy, context=context, context_fill=fill)
 
 
 def _grouping(stores, group: str | None, unmatched: str, context: str | None) -> tuple[str | None, str]:

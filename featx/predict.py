@@ -56,9 +56,10 @@ def predict(bundle, images, *, output=None, batch_size: int = 32, runtime: str =
     complete. runtime: as in `extract`.
 
     A bundle trained with --group names each image's subject with the same regex, on its path relative to
-    the folder given (a file given alone: its path as given); group_unmatched overrides the bundle's
-    policy. A bundle trained with --context builds each image's context from its subject's other images
-    here. Beside the CSV, `<stem>-subjects.csv`: subject, images, each image's prediction, and the
+    the folder given (a file given alone: its path as given). group_unmatched overrides the bundle's
+    policy, which only a bundle with context keeps (without, an unmatched image is its own subject). A
+    bundle trained with --context builds each image's context from its subject's other images here.
+    Beside the CSV, `<stem>-subjects.csv`: subject, images, each image's prediction, and the
     subject's call: the highest predicted grade for graded labels (the worse eye or knee grades the
     patient), else the class with the highest mean probability (the most predicted without probabilities).
     """
@@ -81,7 +82,8 @@ def predict(bundle, images, *, output=None, batch_size: int = 32, runtime: str =
         raise FeatxError(f"none of the {len(files)} file(s) could be decoded as an image{first}; pass image files")
 
     if model.context:
-        X = np.hstack([X, others_mean(X, [subject_of[path] for path in kept], kept, fill=model.context_fill)])
+        X = np.hstack([X, others_mean(X, [subject_of[path] for path in kept], kept, fill=model.context_fill,
+                                  value=model.context_fill_value)])
     head, names = model.head, model.label_names
     predicted = np.asarray(head.predict(X), dtype=np.int64)
     columns = ["path", "subject", "predicted"] if subject_of else ["path", "predicted"]
@@ -150,10 +152,14 @@ def _expand_images(images) -> tuple[list[str], dict[str, str]]:
 
 
 def _subjects(model: Bundle, files: list[str], relative: dict[str, str], unmatched: str | None) -> dict[str, str]:
-    """Each file's subject, named as the bundle's training rows were ({} for a bundle trained without --group)."""
+    """Each file's subject, named as the bundle's training rows were ({} for a bundle trained without --group).
+
+    Only a head with context depends on the subjects: without context, a name the regex misses is its own subject.
+    """
     if not model.group:
         return {}
-    subjects = subjects_of([relative[path] for path in files], model.group, unmatched or model.group_unmatched)
+    unmatched = unmatched or (model.group_unmatched if model.context else "own")
+    subjects = subjects_of([relative[path] for path in files], model.group, unmatched)
     return dict(zip(files, subjects.tolist()))
 
 

@@ -30,8 +30,11 @@ def test_the_context_is_the_mean_of_the_other_images_and_never_the_row_itself():
     originals = [True, True, True, False, True]
     context = others_mean(X, subjects, images, originals)
     # a1 and its augmented copy see a2 and a3; a2 sees a1 and a3 but not a1's copy; b has no other image.
-    assert context.tolist() == [[4, 0], [3, 0], [2, 0], [4, 0], [2, 4]]
+    assert context.tolist() == [[4, 0], [3, 0], [2, 0], [4, 0], [2.75, 1]]
+    assert others_mean(X, subjects, images, originals, fill="self")[4].tolist() == [2, 4]
     assert others_mean(X, subjects, images, originals, fill="zeros")[4].tolist() == [0, 0]
+    # The default fill: given features (a bundle's training mean), else the mean of the original rows here.
+    assert others_mean(X, subjects, images, originals, value=[7, 7])[4].tolist() == [7, 7]
     # Rows without paths are their own images: two such rows of one subject are each other's context.
     rows = Rows.of(X[:2], [0, 1], subjects=["s", "s"])
     assert with_context(rows).X.tolist() == [[1, 0, 3, 0], [3, 0, 1, 0]]
@@ -82,9 +85,10 @@ def test_the_bundle_records_grouping_and_context(knees):
     _, features, bundle_path = knees
     bundle = load_bundle(bundle_path)
     assert (bundle.group, bundle.group_unmatched, bundle.context, bundle.context_fill) == (KNEE, "refuse", "others",
-                                                                                          "self")
+                                                                                          "mean")
     with FeatureStore(features) as store:
         assert bundle.head.n_features_in_ == 2 * store.dim
+        assert np.allclose(bundle.context_fill_value, np.asarray(store.features[:], np.float32).mean(axis=0))
 
 
 def test_predict_names_subjects_builds_the_same_context_and_sums_up_each_subject(knees, capsys):
@@ -127,6 +131,13 @@ def test_predict_refuses_names_the_regex_misses_unless_told_they_are_their_own(k
     assert main(["predict", str(bundle_path), str(loose[0].parent), "-o", str(root / "loose.csv"),
                  "--runtime", "keras", "--group-unmatched", "own"]) == 0
     assert read_csv(root / "loose-subjects.csv")[0]["images"] == "1"
+    # Without context nothing depends on the subjects: a name the regex misses is its own, unasked.
+    assert main(["train", str(root / "knees.h5"), "--heads", "logreg", "-o", str(root / "plain"), "--no-report",
+                 "-q"]) == 0
+    assert load_bundle(root / "plain" / "knees-logreg.skops").group == KNEE  # the file's own regex
+    assert main(["predict", str(root / "plain" / "knees-logreg.skops"), str(loose[0].parent), "-o",
+                 str(root / "plain.csv"), "--runtime", "keras"]) == 0
+    assert read_csv(root / "plain.csv")[0]["subject"] == "<image scanL.png>"  # relative to the folder given
 
 
 def test_context_needs_subjects_and_the_in_memory_heads(tmp_path, capsys):
