@@ -39,6 +39,7 @@ __all__ = [
     "memory_needed",
     "min_train_images",
     "more_images_remedy",
+    "subject_grouping",
 ]
 
 # The in-memory heads hold the float32 matrix, its train/test/refit subsets and their searches' copies:
@@ -154,7 +155,7 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
         for store, test_store in zip(stores, test_stores):
             check_compatible([store, test_store])
         check_memory(stores, test_stores, 2 if context else 1)  # the stores hold only the small columns so far
-        regex, policy = _grouping(stores + test_stores, group, group_unmatched, context)
+        regex, policy = subject_grouping(stores + test_stores, group, group_unmatched, context)
         data = read_fused(stores, class_names, log, group=group, unmatched=group_unmatched)
         if test is not None:
             held_out = read_fused(test_stores, class_names, log, group=group, unmatched=group_unmatched)
@@ -193,7 +194,7 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
                  group_unmatched=policy, context=context, context_fill=fill)
 
 
-def _grouping(stores, group: str | None, unmatched: str, context: str | None) -> tuple[str | None, str]:
+def subject_grouping(stores, group: str | None, unmatched: str, context: str | None = None) -> tuple[str | None, str]:
     """The regex (and unmatched policy) that names the rows' subjects: --group, else the files' own record."""
     if group:
         return group, unmatched

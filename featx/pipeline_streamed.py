@@ -23,6 +23,7 @@ from featx.pipeline_split import (
     fits_in_memory,
     held_out_label,
     load_split,
+    subject_grouping,
 )
 from featx.rows import class_order, grouped_train_test_split, mapped_labels, row_groups, store_paths, store_subjects
 from featx.scoring import leaderboard_row
@@ -90,12 +91,13 @@ def train_streamed(features: Path, options: Options, log) -> TrainResult:
             head = fitted(rows, "refitting on all rows")  # the bundle gets every labelled row, as train's refit does
             refit_rows = len(rows)
         recipes = [recipe for recipe in (store.recipe,) if recipe is not None]
+        regex, policy = subject_grouping([store], options.group, options.group_unmatched)
         in_memory = fits_in_memory([store, *([test_store] if test is not None else [])])
     row = leaderboard_row(STREAMED_HEAD, y_true, y_pred, n_classes=len(class_names),
                           with_qwk=graded or options.metric == "qwk", params=fitted_params(head), cv_score=None,
                           fit_seconds=fit_seconds, bootstrap=options.bootstrap, seed=options.seed)
-    extra = options.bundle_record([features], train_rows=len(train_rows), test_rows=len(test_rows),
-                                  refit_rows=refit_rows)
+    extra = {**options.bundle_record([features], train_rows=len(train_rows), test_rows=len(test_rows),
+                                     refit_rows=refit_rows), "group": regex, "group_unmatched": policy}
     text, png, bundle = save_head(output, features.stem, head, row, y_true, y_pred, class_names=class_names,
                                   recipes=recipes, graded=graded, extra=extra, log=log)
     page = None

@@ -114,10 +114,12 @@ def test_predict_names_subjects_builds_the_same_context_and_sums_up_each_subject
         assert int(subject["images"]) == len(grades) and int(subject["call"]) == max(grades)
 
 
-def test_evaluate_and_compare_give_rows_their_context(knees, capsys):
+def test_evaluate_report_and_compare_give_rows_their_context(knees, capsys):
     root, features, bundle_path = knees
     assert main(["evaluate", str(bundle_path), str(features)]) == 0
     assert "73 images" in capsys.readouterr().out
+    assert main(["report", str(bundle_path), str(features), "-o", str(root / "page")]) == 0
+    assert (root / "page" / "knees-report.html").is_file()
     assert main(["compare", str(features), "--context", "others", "-o", str(root / "compare"), "--no-report",
                  "-q"]) == 0
 
@@ -153,3 +155,7 @@ def test_context_needs_subjects_and_the_in_memory_heads(tmp_path, capsys):
     assert main([*common, "--group", KNEE, "--heads", "sgd"]) == 1
     assert "trains in memory" in capsys.readouterr().err
     assert main([*common, "--group", KNEE]) == 0
+    # The streamed head's bundle records the grouping too, for predict's subject column.
+    assert main(["train", str(path), "--group", KNEE, "--heads", "sgd", "-o", str(tmp_path / "sgd"), "--no-report",
+                 "-q"]) == 0
+    assert load_bundle(tmp_path / "sgd" / "plain-sgd.skops").group == KNEE
