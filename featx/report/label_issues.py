@@ -36,6 +36,12 @@ __all__ = [
 # self-confidence put 82-83% of the planted rows in the top n, normalized margin 79-81%; on ants/bees
 # (2 classes) the two orders are the same.
 RANKED_BY = "self_confidence"
+# Which rows cleanlab lists. "prune_by_class" lists, in each class, as many of its rows as it estimates belong
+# elsewhere, those with the lowest self-confidence; "prune_by_noise_rate" (its default) splits that count by
+# the other class and picks by normalized margin, which ranks planted errors worse. Measured (5 seeds, 5% moved,
+# precision in the top n / recall in the top 2n of the list): digits 0.840 / 0.913 against 0.787 / 0.807;
+# ants/bees the same (0.750 / 0.800); flagged share of the clean labels unchanged (digits 0.8%, ants/bees 1.8%).
+FILTER_BY = "prune_by_class"
 GRADE_DISTANCE = 2  # graded labels: an issue is at least this many grades from its label
 
 
@@ -68,9 +74,10 @@ def issue_rule(graded: bool) -> str:
                 f"{GRADE_DISTANCE} away, and its expected grade is at least {GRADE_DISTANCE - 0.5:g} away (so it "
                 f"rounds to a grade {GRADE_DISTANCE} or more away); one-grade disagreement is normal rater noise. "
                 "Farthest first")
-    return ("confident learning (cleanlab) estimates, for each pair of classes, how many images labelled one "
-            "belong to the other, and lists that many of the least likely, out-of-fold; a plain misclassification "
-            f"is not listed (the confusion matrix shows those). Lowest {RANKED_BY.replace('_', '-')} first")
+    return ("confident learning (cleanlab) estimates, for each class, how many of the images labelled with it "
+            "belong to another class, and lists that many of them, those whose label the out-of-fold probabilities "
+            "find least likely; a plain misclassification is not listed (the confusion matrix shows those). "
+            f"Lowest {RANKED_BY.replace('_', '-')} first")
 
 
 def out_of_fold_probabilities(head, X, y, groups=None, *, folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -125,7 +132,7 @@ def _confident_learning(labels: np.ndarray, probabilities: np.ndarray) -> np.nda
         # It warns about classes without rows; their columns hold zeros, which is what it assumes.
         warnings.simplefilter("ignore")
         # n_jobs=1: its process pool costs more than the search on a few thousand rows.
-        return np.asarray(cleanlab_issues(labels, probabilities, n_jobs=1), dtype=bool)
+        return np.asarray(cleanlab_issues(labels, probabilities, filter_by=FILTER_BY, n_jobs=1), dtype=bool)
 
 
 def _suggestions(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
