@@ -60,13 +60,18 @@ def quadratic_weighted_kappa(y_true, y_pred, *, labels=None) -> float:
     if labels is None:
         labels = np.union1d(y_true, y_pred)
     labels = np.asarray(labels)
-    grade_of = {label: grade for grade, label in enumerate(labels.tolist())}
-    try:
-        true_grades = np.array([grade_of[v] for v in y_true.tolist()], dtype=np.intp)
-        pred_grades = np.array([grade_of[v] for v in y_pred.tolist()], dtype=np.intp)
-    except KeyError as missing:
-        raise ValueError(f"Label {missing} is not in labels {labels.tolist()}.") from None
-    return qwk_from_grades(true_grades, pred_grades, len(labels))
+    return qwk_from_grades(_grades_of(y_true, labels), _grades_of(y_pred, labels), len(labels))
+
+
+def _grades_of(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each value's place in `labels`, by binary search: a dict lookup per row cost the bootstrap's 1,000
+    resamples of a test set about 0.1 s per head."""
+    order = np.argsort(labels, kind="stable")
+    at = np.minimum(np.searchsorted(labels[order], values), len(labels) - 1)
+    unknown = labels[order][at] != values
+    if unknown.any():
+        raise ValueError(f"Label {values[unknown][0].item()!r} is not in labels {labels.tolist()}.")
+    return order[at].astype(np.intp)
 
 
 def qwk_from_grades(true_grades, pred_grades, n_grades: int) -> float:
