@@ -1,6 +1,7 @@
 """Report page speed by part, before (193b0d8) and after, and `featx train` wall time against its fit time.
 
     python bench/report_speed.py [--data synthetic,knee] [--before 193b0d8] [--no-train]
+                                 [--train-before c6ec3a5] [--repeats 2]
 
 Datasets: (1) bench/heads_speed.py's synthetic 10,000 x 1,280 rows of 5 graded classes (no images), tested
 on 2,500 more; (2) the knee features ``../shared/data/features/knee_kl_full-{train,val}.h5`` (5,778 + 826 x
@@ -10,8 +11,9 @@ Each version runs in its own child process (the old one from `git archive`, so t
 a logreg head is fitted on the training rows, then `build_report` writes the page as `featx train --test` does.
 Parts: out-of-fold probabilities, label issues, map, thumbnails, HTML. The old code does not time its parts: its
 functions are wrapped with timers where its build_report calls them, and its HTML is what remains of its total.
-Then `featx.train(..., heads="logreg")` runs on feature files of the same rows: wall time against the head's fit
-time (goal: wall <= fit + 3 s).
+Then the command `featx train TRAIN --test TEST --heads logreg` runs in a fresh Python on feature files of the same
+rows (the shared knee files themselves), that of --train-before and this checkout's alternating: its wall time,
+start-up and imports included, against the fit time it prints (goal: wall <= fit + 3 s).
 Timings on a shared machine are noisy: the load average is printed beside each table.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -113,14 +116,15 @@ def _time_old_parts(build, parts: dict) -> None:
     timed(page, "make_thumbnails", "thumbnails")
 
 
-def train_wall(name: str, out: Path) -> dict:
-    """`featx.train(FILE, test=FILE, heads="logreg")` on feature files of the dataset: wall and fit seconds."""
+def _feature_files(name: str, out: Path) -> list[Path] | None:
+    """Training and test feature files of the dataset: the shared knee files as they are, the synthetic rows
+    written once."""
+    if name == "knee":
+        files = [SHARED / "features" / f"knee_kl_full-{split}.h5" for split in ("train", "val")]
+        return files if all(f.is_file() for f in files) else None
     from featx.store import HDF5DatasetWriter
-    from featx.train import train
 
     loaded = _load(name)
-    if loaded is None:
-        return {}
     files = []
     for rows, split in zip(loaded[:2], ("train", "test")):
         path = out / f"{name}-{split}.h5"
@@ -129,11 +133,24 @@ def train_wall(name: str, out: Path) -> dict:
         writer.add(rows.X, rows.y)
         writer.close()
         files.append(path)
+    return files
+
+
+def train_wall(code: Path, files: list[Path]) -> dict:
+    """`featx train TRAIN --test TEST --heads logreg` of the featx in `code`, in a fresh Python: the command's
+    wall seconds (start-up and imports included, as a user waits for them) and the fit seconds it prints."""
+    out = Path(tempfile.mkdtemp())
+    script = f"import sys; sys.path.insert(0, {str(code)!r}); from featx.cli import main; sys.exit(main())"
+    command = [sys.executable, "-c", script, "train", str(files[0]), "--test", str(files[1]), "--heads", "logreg",
+               "--output", str(out / "models")]
     started = time.perf_counter()
-    result = train(files[0], test=files[1], heads="logreg", output=out / "models", progress=False, bootstrap=1000,
-                   log=lambda _: None)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=out)
     wall = time.perf_counter() - started
-    return {"wall": wall, "fit": result.rows[0]["fit_seconds"], "report": result.report_page.seconds}
+    fit = re.search(r"logreg: \S+ \S+ in ([0-9.]+) s", done.stdout)
+    if done.returncode or fit is None:
+        print(done.stdout[-2000:], done.stderr[-3000:])
+        return {}
+    return {"wall": wall, "fit": float(fit.group(1))}
 
 
 def _run(code: Path, mode: str, name: str) -> dict:
@@ -149,6 +166,15 @@ def _run(code: Path, mode: str, name: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def _checkout(ref: str) -> Path:
+    """featx at git `ref`, unpacked into a temporary folder (this checkout is not touched)."""
+    folder = Path(tempfile.mkdtemp()) / f"featx-{ref}"
+    folder.mkdir()
+    archive = subprocess.run(["git", "archive", ref, "featx"], cwd=HERE.parent, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
 def _load_line() -> str:
     return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
@@ -158,12 +184,12 @@ def main() -> int:
     parser.add_argument("--data", default="synthetic,knee")
     parser.add_argument("--before", default="193b0d8")
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--train-before", default="c6ec3a5", help="the version whose featx train is timed beside")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each version's featx train, alternating")
     args = parser.parse_args()
-    before = Path(tempfile.mkdtemp()) / "featx-before"
-    before.mkdir()
-    archive = subprocess.run(["git", "archive", args.before, "featx"], cwd=HERE.parent, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    before = _checkout(args.before)
     after = HERE.parent
+    train_before = _checkout(args.train_before)
     for name in args.data.split(","):
         print(f"\n== {name}: page build by part, seconds ({_load_line()})", flush=True)
         old, new = _run(before, "child", name), _run(after, "child", name)
@@ -183,12 +209,23 @@ def main() -> int:
             fa, fb = ("-" if v is None else f"{v:.2f}" for v in (a, b))
             print(f"{part:28s} {fa:>8s} {fb:>8s} {ratio:>7s}")
         if not args.no_train:
-            wall = _run(after, "train_wall", name)
-            if wall:
-                print(f"featx train --test --heads logreg: wall {wall['wall']:.1f} s, fit {wall['fit']:.1f} s, "
-                      f"wall - fit {wall['wall'] - wall['fit']:.1f} s (goal <= 3), report {wall['report']:.1f} s "
-                      f"({_load_line()})", flush=True)
+            _train_walls(name, {args.train_before: train_before, "this checkout": after}, args.repeats)
     return 0
+
+
+def _train_walls(name: str, versions: dict[str, Path], repeats: int) -> None:
+    """The whole `featx train` command of each version, alternating, `repeats` times each."""
+    files = _feature_files(name, Path(tempfile.mkdtemp()))
+    if files is None:
+        print(f"skipped featx train: {name} is absent")
+        return
+    print(f"featx train {files[0].name} --test {files[1].name} --heads logreg: wall - fit (goal <= 3 s)")
+    for _ in range(repeats):
+        for label, code in versions.items():
+            timed = train_wall(code, files)
+            if timed:
+                print(f"  {label:14s} wall {timed['wall']:5.2f} s, fit {timed['fit']:5.2f} s, wall - fit "
+                      f"{timed['wall'] - timed['fit']:.2f} s ({_load_line()})", flush=True)
 
 
 if __name__ == "__main__":
