@@ -12,7 +12,7 @@ from featx import FeatureStore, load_bundle
 from featx.cli import main
 from featx.context import others_mean, with_context
 from featx.pipeline_split import Split
-from featx.rows import Rows
+from featx.rows import Rows, grouped_train_test_split
 from featx.store import HDF5DatasetWriter
 
 KNEE = r"(\d+)[LR]\."
@@ -38,6 +38,19 @@ def test_the_context_is_the_mean_of_the_other_images_and_never_the_row_itself():
     # Rows without paths are their own images: two such rows of one subject are each other's context.
     rows = Rows.of(X[:2], [0, 1], subjects=["s", "s"])
     assert with_context(rows).X.tolist() == [[1, 0, 3, 0], [3, 0, 1, 0]]
+
+
+def test_context_before_the_split_is_what_each_side_would_compute_alone():
+    """Splits keep a subject on one side, so no row's context crosses from test to train or back."""
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(30), 2)[:-1]  # 29 patients with two knees, one with one
+    rows = Rows.of(rng.normal(size=(59, 3)), np.arange(59) % 2, [f"{s}{'LR'[i % 2]}.png" for i, s in
+                                                                   enumerate(subjects)], subjects=subjects.astype(str))
+    fill = np.zeros(3)
+    whole = with_context(rows, value=fill)
+    for seed in range(3):
+        for side in grouped_train_test_split(rows.y, rows.groups, test_size=0.25, seed=seed):
+            assert np.array_equal(whole.subset(side).X, with_context(rows.subset(side), value=fill).X)
 
 
 def test_a_fused_split_picks_each_files_context_with_its_features():
