@@ -57,16 +57,12 @@ def _cmd_train(args):
 
 
 def _cmd_finetune(args):
-    from featx.finetune import finetune
+    from dataclasses import fields
 
-    print(finetune(
-        args.dataset, backbone=args.backbone, weights=args.weights, train_from=args.train_from, epochs=args.epochs,
-        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, patience=args.patience,
-        batch_size=args.batch_size, class_weight=args.class_weight, image_size=args.image_size,
-        val_size=args.val_size, seed=args.seed, features=args.features, output=args.output, runtime=args.runtime,
-        overwrite=args.overwrite, engine=args.engine, address=args.address, workers=args.workers,
-        progress=not args.quiet,
-    ))
+    from featx.finetune import FinetuneOptions, finetune_with
+
+    given = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions) if getattr(args, f.name, None) is not None}
+    print(finetune_with(args.dataset, FinetuneOptions(**given, progress=not args.quiet)))
 
 
 def _cmd_compare(args):
@@ -212,19 +208,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("finetune", help="linear probe, then fine-tune the top of a backbone from its cached maps")
     s.add_argument("dataset", help="folder of class folders, or train/ and val/ (and test/) split folders")
-    s.add_argument("--backbone", default="efficientnet_lite0")
+    s.add_argument("--backbone", help="default: efficientnet_lite0")
     s.add_argument("--weights", default="auto", help="auto (offline ImageNet weights), none (random), or FILE")
     s.add_argument("--train-from", metavar="LAYER",
                    help="cut layer: train the layers above it (default per backbone; 'input' trains every layer)")
-    s.add_argument("--epochs", type=int, default=8, help="most epochs (default 8; early stopping on val)")
-    s.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (default 3e-4)")
-    s.add_argument("--warmup", type=float, default=0.5, help="epochs of warm-up before the cosine decay (default 0.5)")
-    s.add_argument("--weight-decay", type=float, default=1e-4)
-    s.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better val score")
-    s.add_argument("--batch-size", type=int, default=32)
+    # Training defaults live in featx.finetune.options.DEFAULTS; None here means "that default".
+    s.add_argument("--epochs", type=int, help="most epochs (default 8; early stopping on val)")
+    s.add_argument("--lr", type=float, help="peak AdamW learning rate (default 3e-4)")
+    s.add_argument("--warmup", type=float, help="epochs of warm-up before the cosine decay (default 0.5)")
+    s.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
+    s.add_argument("--patience", type=int, help="stop after this many epochs without a better val score (default 3)")
+    s.add_argument("--batch-size", type=int, help="default 32")
+    s.add_argument("--shift", type=int, help="move each training map by up to this many cells (default 0)")
+    s.add_argument("--dropout", type=float, help="dropout before the classification layer (default 0)")
+    s.add_argument("--label-smoothing", type=float,
+                   help="target mass moved off the true class; graded classes: to the neighbouring grades (default 0)")
+    s.add_argument("--ordinal-loss", type=float,
+                   help="graded classes: weight of (expected grade - grade)^2 beside the cross-entropy (default 0)")
+    s.add_argument("--select", choices=["argmax", "expected"],
+                   help="graded classes: keep the epoch by the QWK of the argmax or of the rounded expected grade "
+                   "(default argmax)")
+    s.add_argument("--mixup", type=float, metavar="ALPHA",
+                   help="blend each training map with another, weight from Beta(ALPHA, ALPHA) (default 0: off)")
     s.add_argument("--class-weight", choices=["balanced"])
     s.add_argument("--image-size", type=int, help="input side in pixels (default: the backbone's)")
-    s.add_argument("--val-size", type=float, default=0.2, help="hold-out fraction without a val/ folder (default 0.2)")
+    s.add_argument("--val-size", type=float, help="hold-out fraction without a val/ folder (default 0.2)")
+    s.add_argument("--group", metavar="REGEX", help=r"without a val/ folder, the hold-out keeps each subject named by "
+                   r"REGEX's first group on the path (e.g. '(\d+)[LR]\.') on one side; recorded in the maps file")
+    s.add_argument("--group-unmatched", choices=["refuse", "own"], default="refuse",
+                   help="paths REGEX does not match: refuse (default) or make each its own subject")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--features", default="features", help="folder for the cached maps (default: features/)")
     s.add_argument("-o", "--output", default="models", help="folder for the weights file and bundles (default: models)")

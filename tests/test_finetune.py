@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 
 import cv2
@@ -12,7 +13,7 @@ import pytest
 import featx
 from featx.cli import main
 from featx.errors import FeatxError
-from featx.finetune import finetune
+from featx.finetune import DEFAULTS, finetune
 from featx.finetune.outputs import affine_map
 from featx.finetune.top import MapRows, TopConfig, TopNetwork
 from featx.store import FeatureStore
@@ -85,7 +86,7 @@ def test_weights_file_reextracts_the_fine_tuned_features(run):
     extracted = FeatureStore(result.files[0].output)
     maps = FeatureStore(next(run["features"].glob("*-maps-block5c_add.h5")))
     config = TopConfig(backbone="efficientnet_lite0", weights=str(weights), image_size=SIZE, cut="block5c_add",
-                       n_classes=3, graded=True)
+                       n_classes=3, graded=True, **DEFAULTS)
     net = TopNetwork(config)
     tuned = net.predict(MapRows(str(maps.path), tuple(maps.labels), net.map_shape), 8, pooled=True)
     order = [list(maps.paths).index(path) for path in extracted.paths]
@@ -138,3 +139,30 @@ def test_linear_probe_folds_into_one_affine_map():
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(probabilities / probabilities.sum(axis=1, keepdims=True), head.predict_proba(X),
                                atol=1e-6)
+
+
+def test_group_keeps_each_subject_on_one_side_of_the_hold_out(tmp_path):
+    """Two knees per patient (123L.png, 123R.png), graded apart: --group holds out whole patients and records it."""
+    rng = np.random.default_rng(1)
+    for subject in range(100, 124):
+        for side, grade in (("L", subject % 3), ("R", (subject + subject % 2) % 3)):
+            folder = tmp_path / "knees" / str(grade)
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"{subject}{side}.png"), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    regex = r"(\d+)[LR]\."
+    result = finetune(tmp_path / "knees", **dict(OPTIONS, epochs=1), group=regex, features=tmp_path / "f",
+                      output=tmp_path / "m", log=lambda line: None)
+    subjects = {split: {re.search(regex, path).group(1) for path in paths} for split, paths in result.paths.items()}
+    assert len(result.paths["train"]) + len(result.paths["val"]) == 48
+    assert subjects["train"] and subjects["val"] and not subjects["train"] & subjects["val"]
+    assert FeatureStore(next((tmp_path / "f").glob("*-maps-*.h5"))).group_regex == regex
+    assert featx.load_bundle(result.bundles["logreg"]).group == regex
+
+
+def test_cli_refuses_a_group_regex_without_a_capture_group_in_one_line(tmp_path, capsys):
+    data = _write_dataset(tmp_path / "grades", per_class=5)
+    assert main(["finetune", str(data), "--group", r"\d+", "--epochs", "1", "--features", str(tmp_path / "f"),
+                 "-o", str(tmp_path / "m")]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "no capture group" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "f").exists() or not any((tmp_path / "f").iterdir())

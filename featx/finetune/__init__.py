@@ -9,6 +9,7 @@ in featx.finetune.top: plain options and file paths in, the best epoch's weights
 the network is built inside `strategy.scope()` when a tf.distribute strategy is given.
 """
 
-from featx.finetune.run import DEFAULTS, FinetuneResult, finetune
+from featx.finetune.options import DEFAULTS, FinetuneOptions
+from featx.finetune.run import FinetuneResult, finetune, finetune_with
 
-__all__ = ["DEFAULTS", "FinetuneResult", "finetune"]
+__all__ = ["DEFAULTS", "FinetuneOptions", "FinetuneResult", "finetune", "finetune_with"]

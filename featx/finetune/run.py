@@ -18,15 +18,14 @@ from featx import backbones, images
 from featx.atomic import writable_folder
 from featx.errors import FeatxError
 from featx.finetune.distributed import run_training
+from featx.finetune.options import DEFAULTS, VAL_SIZE, FinetuneOptions
 from featx.finetune.outputs import Outputs, affine_map, linear_head, scored_rows, write_outputs
 from featx.finetune.top import MapRows, TopConfig, TopNetwork, TopResult, train_top
-from featx.rows import class_order, grouped_train_test_split, mapped_labels
+from featx.rows import class_order, grouped_train_test_split, mapped_labels, row_groups, store_paths, store_subjects
+from featx.store import subjects_of
 
-__all__ = ["DEFAULTS", "FinetuneResult", "finetune"]
+__all__ = ["DEFAULTS", "VAL_SIZE", "FinetuneOptions", "FinetuneResult", "finetune", "finetune_with"]
 
-# Chosen by measurement on knee grades and ants/bees (README, "Fine-tuning").
-DEFAULTS = dict(epochs=8, lr=3e-4, warmup=0.5, weight_decay=1e-4, patience=3, batch_size=32)
-VAL_SIZE = 0.2
 # A hold-out keeps one in five images of each class for validation, and the probe's 3-fold search
 # needs 3 training images of each class: below 5 images per class there is no honest hold-out.
 MIN_IMAGES_PER_CLASS = 5
@@ -46,84 +45,84 @@ class FinetuneResult:
     label_names: list[str] = field(default_factory=list)
     graded: bool = False
     interrupted: bool = False
+    paths: dict[str, list[str]] = field(default_factory=dict)  # {split: image paths}: what trained, what scored
 
     def __str__(self) -> str:
         return self.report
 
 
-def finetune(dataset, *, backbone: str = backbones.DEFAULT_BACKBONE, weights="auto", train_from: str | None = None,
-             epochs: int = DEFAULTS["epochs"], lr: float = DEFAULTS["lr"], warmup: float = DEFAULTS["warmup"],
-             weight_decay: float = DEFAULTS["weight_decay"], patience: int = DEFAULTS["patience"],
-             batch_size: int = DEFAULTS["batch_size"], class_weight: str | None = None, image_size: int | None = None,
-             val_size: float = VAL_SIZE, seed: int = 0, features="features", output="models", runtime: str = "auto",
-             overwrite: bool = False, bootstrap: int = 1000, engine: str = "local", address: str | None = None,
-             workers: int | None = None, progress: bool = True,
-             log: Callable[[str], object] = print) -> FinetuneResult:
-    """Linear probe, then fine-tune the top of `backbone` on the class folders of `dataset`.
+def finetune(dataset, *, log: Callable[[str], object] = print, **options) -> FinetuneResult:
+    """Linear probe, then fine-tune the top of a backbone on the class folders of `dataset`.
 
+    options: the fields of FinetuneOptions (backbone, train_from, epochs, lr, group, features, output, ...).
     Splits: train/ and val/ folders (test/ is scored too), else a seeded, stratified hold-out of
-    `val_size`. train_from: the cut layer (default per backbone; "input" fine-tunes everything
-    from images). The frozen bottom's maps go to `features`/<name>-maps-<cut>[-<split>].h5 once;
-    outputs go to `output`: <name>-finetuned.weights.h5 and one bundle per head. A rerun resumes
-    from the last epoch's checkpoint; changed options are refused unless `overwrite`.
-    engine: "local" (this process; MirroredStrategy over several GPUs) or "ray" (Ray Train `workers`
-    on the cluster at `address`), featx.finetune.distributed.run_training.
+    `val_size` that keeps each subject (`group`) on one side. train_from: the cut layer (default per
+    backbone; "input" fine-tunes everything from images). The frozen bottom's maps go to
+    `features`/<name>-maps-<cut>[-<split>].h5 once; outputs go to `output`: <name>-finetuned.weights.h5
+    and one bundle per head. A rerun resumes from the last epoch's checkpoint; changed options are
+    refused unless `overwrite`. engine: "local" (this process; MirroredStrategy over several GPUs) or
+    "ray" (Ray Train `workers` on the cluster at `address`), featx.finetune.distributed.run_training.
     """
+    return finetune_with(dataset, FinetuneOptions(**options), log=log)
+
+
+def finetune_with(dataset, options: FinetuneOptions, *, log: Callable[[str], object] = print) -> FinetuneResult:
+    """`finetune` with its options in one object (what the CLI calls)."""
+    o = options.checked()
     root = Path(dataset)
     if not root.is_dir():
         raise FeatxError(f"dataset folder {root} {'is a file' if root.exists() else 'not found'}; "
                          "pass a folder of class folders (or train/ and val/ split folders)")
-    cut = backbones.default_cut(backbone) if train_from is None else backbones.check_cut(backbone, train_from)
-    _check_numbers(epochs=epochs, lr=lr, warmup=warmup, patience=patience, batch_size=batch_size, val_size=val_size)
-    if class_weight not in (None, "balanced"):
-        raise FeatxError(f"unknown --class-weight {class_weight!r}: use balanced")
+    if o.backbone is None:
+        o = dataclasses.replace(o, backbone=backbones.DEFAULT_BACKBONE)
+    cut = backbones.default_cut(o.backbone) if o.train_from is None else backbones.check_cut(o.backbone, o.train_from)
     name = root.resolve().name or "dataset"
     split_roots = images.find_splits(root)
-    _check_splits(root, split_roots)
-    output = writable_folder(output, "-o")
-    writable_folder(features, "--features")
+    _check_splits(root, split_roots, o)
+    output = writable_folder(o.output, "-o")
+    writable_folder(o.features, "--features")
     started = time.perf_counter()
 
-    size = int(image_size) if image_size else backbones.backbone_info(backbone)["input_size"]
-    net_config = dict(backbone=backbone, weights=str(weights), image_size=size, cut=cut, epochs=int(epochs),
-                      batch_size=int(batch_size), lr=float(lr), warmup=float(warmup),
-                      weight_decay=float(weight_decay), patience=int(patience), seed=int(seed))
-    maps = _cache_maps(root, Path(features) / f"{name}-maps-{cut}.h5", split_roots, backbone=backbone,
-                       weights=weights, image_size=size, cut=cut, seed=seed, runtime=runtime, overwrite=overwrite,
-                       progress=progress, log=log)
-    data = _labelled_splits(maps, val_size=val_size, seed=seed)
+    size = int(o.image_size) if o.image_size else backbones.backbone_info(o.backbone)["input_size"]
+    net_config = dict(backbone=o.backbone, weights=str(o.weights), image_size=size, cut=cut, seed=int(o.seed),
+                      **o.training())
+    maps = _cache_maps(root, Path(o.features) / f"{name}-maps-{cut}.h5", split_roots, o, image_size=size, cut=cut,
+                       log=log)
+    data = _labelled_splits(maps, o)
     config = TopConfig(n_classes=len(data.class_names), graded=data.graded,
-                       class_weight=_class_weights(data.train, class_weight, len(data.class_names)), **net_config)
+                       class_weight=_class_weights(data.train, o.class_weight, len(data.class_names)), **net_config)
     net = TopNetwork(config)
     data = data.with_shape(net.map_shape)
 
     log(f"linear probe on the frozen features of {len(data.train)} training images "
         f"({len(data.class_names)} {'graded ' if data.graded else ''}classes)")
     frozen = {split: net.predict(rows, config.batch_size, pooled=True) for split, rows in data.scored().items()}
-    probe = _fit_head("logreg", frozen["train"], data, class_weight, seed)
+    probe = _fit_head("logreg", frozen["train"], data, o)
     frozen_heads = {"logreg": probe}
     if data.graded:
-        frozen_heads["ordinal"] = _fit_head("ordinal", frozen["train"], data, class_weight, seed)
+        frozen_heads["ordinal"] = _fit_head("ordinal", frozen["train"], data, o)
 
     checkpoint = Path(output) / f"{name}-finetune.checkpoint.npz"
-    if overwrite:
+    if o.overwrite:
         checkpoint.unlink(missing_ok=True)
-    log(f"fine-tuning {backbone} from {cut} ({'every layer' if cut == 'input' else 'the layers above it'}): "
+    log(f"fine-tuning {o.backbone} from {cut} ({'every layer' if cut == 'input' else 'the layers above it'}): "
         f"{config.epochs} epoch(s) at most, lr {config.lr:g}, batch {config.batch_size}")
     head = affine_map(probe.best_estimator_, frozen["train"].shape[1], config.n_classes)
     result: TopResult = run_training(train_top, config, data.train, data.val, head=head, checkpoint=checkpoint,
-                                     log=log, engine=engine, address=address, workers=workers,
+                                     log=log, engine=o.engine, address=o.address, workers=o.workers,
                                      local_kwargs={"network": net})
     net.model.set_weights(result.weights)
 
     tuned = {split: net.predict(rows, config.batch_size, pooled=True) for split, rows in data.scored().items()}
     tuned_heads = {"logreg": linear_head(*net.head_weights())}
     if data.graded:
-        tuned_heads["ordinal"] = _fit_head("ordinal", tuned["train"], data, class_weight, seed)
+        tuned_heads["ordinal"] = _fit_head("ordinal", tuned["train"], data, o)
+    # As featx train records it: predict names the subjects of new images with it.
+    group = {"group": data.group, "group_unmatched": data.group_unmatched} if data.group else {}
     outputs = Outputs(name=name, folder=Path(output), class_names=data.class_names, graded=data.graded,
-                      maps_recipe=data.recipe, bootstrap=bootstrap, seed=seed,
-                      extra={"dataset": str(root), "cut": cut, "best_epoch": result.best_epoch,
-                             **{key: value for key, value in dataclasses.asdict(config).items() if key in DEFAULTS}})
+                      maps_recipe=data.recipe, bootstrap=o.bootstrap, seed=o.seed,
+                      extra={"dataset": str(root), "cut": cut, "best_epoch": result.best_epoch, **o.training(),
+                             **group})
     rows = scored_rows(outputs, frozen_heads, tuned_heads, frozen, tuned, data.labels(), "val")
     test_rows = scored_rows(outputs, frozen_heads, tuned_heads, frozen, tuned, data.labels(), "test") \
         if data.test is not None else []
@@ -133,20 +132,10 @@ def finetune(dataset, *, backbone: str = backbones.DEFAULT_BACKBONE, weights="au
         report += "\ninterrupted: outputs hold the best epoch so far; rerun the same command to continue"
     return FinetuneResult(rows=rows, test_rows=test_rows, history=result.history, best_epoch=result.best_epoch,
                           weights_file=weights_file, bundles=bundles, report=report, label_names=data.class_names,
-                          graded=data.graded, interrupted=result.interrupted)
+                          graded=data.graded, interrupted=result.interrupted, paths=data.paths())
 
 
-def _check_numbers(*, epochs, lr, warmup, patience, batch_size, val_size) -> None:
-    if int(epochs) < 1 or int(batch_size) < 1 or int(patience) < 1:
-        raise FeatxError(f"--epochs, --batch-size and --patience must be at least 1, got {epochs}, {batch_size}, "
-                         f"{patience}")
-    if not float(lr) > 0 or float(warmup) < 0:
-        raise FeatxError(f"--lr must be positive and --warmup 0 or more, got {lr} and {warmup}")
-    if not 0 < float(val_size) < 1:
-        raise FeatxError(f"--val-size must be between 0 and 1, got {val_size}")
-
-
-def _check_splits(root: Path, split_roots: dict) -> None:
+def _check_splits(root: Path, split_roots: dict, options: FinetuneOptions) -> None:
     """Split folders need a val/ split; class folders need enough images per class for a hold-out."""
     if split_roots:
         if "train" not in split_roots or "val" not in split_roots:
@@ -155,6 +144,8 @@ def _check_splits(root: Path, split_roots: dict) -> None:
                              "add the missing one, or give one folder of class folders for a hold-out")
         return
     listed = images.list_dataset(root)
+    if options.group:  # before any backbone loads: a regex that misses paths stops the run now
+        subjects_of(listed.paths, options.group, options.group_unmatched)
     if not listed.labeled:
         raise FeatxError(f"{root} has images outside class folders; put each image in a folder named after its class")
     counts = np.bincount(listed.labels, minlength=len(listed.label_names))
@@ -166,16 +157,17 @@ def _check_splits(root: Path, split_roots: dict) -> None:
         )
 
 
-def _cache_maps(root, maps_file: Path, split_roots, *, backbone, weights, image_size, cut, seed, runtime, overwrite,
-                progress, log) -> dict[str, Path]:
+def _cache_maps(root, maps_file: Path, split_roots, o: FinetuneOptions, *, image_size: int, cut: str,
+                log) -> dict[str, Path]:
     """The frozen bottom's maps of every split, extracted once (and resumed); {split: file}."""
     from featx.extract import extract
 
-    layer = _input_layer(backbone) if cut == "input" else cut
-    options = dict(backbone=backbone, weights=weights, pooling="flatten", layer=layer, image_size=image_size,
-                   dtype="float16", seed=seed, progress=progress, log=log,
+    layer = _input_layer(o.backbone) if cut == "input" else cut
+    options = dict(backbone=o.backbone, weights=o.weights, pooling="flatten", layer=layer, image_size=image_size,
+                   dtype="float16", seed=o.seed, progress=o.progress, log=log, group=o.group,
+                   group_unmatched=o.group_unmatched,
                    # LiteRT's gain is in the convolutions; an input "cut" has none to run.
-                   runtime="keras" if cut == "input" else runtime)
+                   runtime="keras" if cut == "input" else o.runtime)
     cached = _cached_maps(root, maps_file, split_roots, options)
     if cached is not None:
         log(f"reusing the cached maps {', '.join(str(path) for path in cached.values())}")
@@ -183,7 +175,7 @@ def _cache_maps(root, maps_file: Path, split_roots, *, backbone, weights, image_
     try:
         result = extract(root, maps_file, overwrite=False, **options)
     except FeatxError:
-        if not overwrite:
+        if not o.overwrite:
             raise
         result = extract(root, maps_file, overwrite=True, **options)
     return {summary.split or "all": Path(summary.output) for summary in result.files}
@@ -229,10 +221,22 @@ class _Splits:
     class_names: list[str]
     graded: bool
     recipe: object
+    group: str | None = None  # the regex that named the subjects (--group, or the maps file's)
+    group_unmatched: str = "refuse"
 
     def scored(self) -> dict[str, MapRows]:
         return {split: rows for split, rows in (("train", self.train), ("val", self.val), ("test", self.test))
                 if rows is not None}
+
+    def paths(self) -> dict[str, list[str]]:
+        from featx.store import FeatureStore
+
+        found = {}
+        for split, rows in self.scored().items():
+            with FeatureStore(rows.path) as store:
+                paths = np.asarray(store.paths, dtype=object)
+            found[split] = [str(path) for path in paths[rows.indices()]] if len(paths) else []
+        return found
 
     def labels(self) -> dict[str, np.ndarray]:
         return {split: np.asarray(rows.labels, dtype=np.int64) for split, rows in self.scored().items()}
@@ -244,7 +248,7 @@ class _Splits:
         return dataclasses.replace(self, train=shaped(self.train), val=shaped(self.val), test=shaped(self.test))
 
 
-def _labelled_splits(maps: dict[str, Path], *, val_size: float, seed: int) -> _Splits:
+def _labelled_splits(maps: dict[str, Path], o: FinetuneOptions) -> _Splits:
     from featx.store import FeatureStore
 
     stores = {split: FeatureStore(path) for split, path in maps.items()}
@@ -258,20 +262,24 @@ def _labelled_splits(maps: dict[str, Path], *, val_size: float, seed: int) -> _S
                        None if indices is None else tuple(int(i) for i in indices))
 
     if "all" in stores:
-        paths = np.asarray(stores["all"].paths, dtype=object)
-        groups = paths if len(paths) == len(labels["all"]) and all(paths) else np.arange(len(labels["all"]))
-        train_rows, val_rows = grouped_train_test_split(labels["all"], groups, test_size=val_size, seed=seed)
+        store = stores["all"]
+        # A subject (--group, or as the maps file records) is a group; else each source image is.
+        groups = row_groups(store_paths(store), len(labels["all"]), store_subjects(store, o.group, o.group_unmatched))
+        train_rows, val_rows = grouped_train_test_split(labels["all"], groups, test_size=o.val_size, seed=o.seed)
         train, val, test = rows_of("all", np.sort(train_rows)), rows_of("all", np.sort(val_rows)), None
     else:
         train, val = rows_of("train"), rows_of("val")
         test = rows_of("test") if "test" in stores else None
-    return _Splits(train=train, val=val, test=test, class_names=class_names, graded=graded, recipe=first.recipe)
+    group = o.group or first.group_regex
+    unmatched = o.group_unmatched if o.group else first.attrs.get("group_unmatched", "refuse")
+    return _Splits(train=train, val=val, test=test, class_names=class_names, graded=graded, recipe=first.recipe,
+                   group=group, group_unmatched=unmatched)
 
 
-def _fit_head(name: str, X, data: _Splits, class_weight, seed):
+def _fit_head(name: str, X, data: _Splits, o: FinetuneOptions):
     from featx.heads import make_head
 
-    head = make_head(name, n_classes=len(data.class_names), class_weight=class_weight, seed=seed)
+    head = make_head(name, n_classes=len(data.class_names), class_weight=o.class_weight, seed=o.seed)
     return head.fit(X, np.asarray(data.train.labels, dtype=np.int64))
 
 

@@ -24,7 +24,8 @@ from featx.atomic import atomic_output
 from featx.errors import FeatxError
 from featx.metrics import accuracy, quadratic_weighted_kappa
 
-__all__ = ["MapRows", "TopConfig", "TopResult", "TopNetwork", "map_batches", "map_dataset", "train_top"]
+__all__ = ["MapRows", "TopConfig", "TopResult", "TopNetwork", "map_batches", "map_dataset", "soft_targets",
+           "train_top", "training_loss"]
 
 BLOCK_ROWS = 512  # rows read from HDF5 at once: ~22 MB of 14x14x112 float16 maps
 # Tracing the train step into a graph costs 10-40 s on a busy 2-core CPU; a run this short is faster eagerly.
@@ -41,12 +42,19 @@ class TopConfig:
     cut: str  # the layer the top starts after; "input" trains the whole network from images
     n_classes: int
     graded: bool  # the val metric: QWK when True, accuracy otherwise
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 3e-4
-    warmup: float = 0.5  # epochs of linear warm-up before the cosine decay
-    weight_decay: float = 1e-4
-    patience: int = 3
+    # The training recipe (featx.finetune.options.TRAINING; its defaults are FinetuneOptions').
+    epochs: int
+    batch_size: int
+    lr: float  # AdamW's peak learning rate
+    warmup: float  # epochs of linear warm-up before the cosine decay
+    weight_decay: float
+    patience: int  # epochs without a better val metric before stopping
+    shift: int  # maps move by up to this many cells each way (edges repeated): translation augmentation
+    dropout: float  # dropout on the pooled features before the Dense layer
+    label_smoothing: float  # graded: spread to the neighbouring grades; else to every class
+    ordinal_loss: float  # graded: weight of (expected grade - grade)^2 beside the cross-entropy
+    select: str  # graded: keep the epoch by the QWK of the "argmax", or of the rounded "expected" grade
+    mixup: float  # alpha of the Beta(alpha, alpha) weight that blends each training map with another one
     seed: int = 0
     class_weight: tuple[float, ...] | None = None
 
@@ -108,7 +116,9 @@ class TopNetwork:
         inputs = keras.Input(self.map_shape, name="featx_maps")
         pooled = layers.GlobalAveragePooling2D(name="featx_pool")(self.top(inputs))
         self.pooled = keras.Model(inputs, pooled, name="featx_pooled")
-        logits = layers.Dense(config.n_classes, name="featx_head")(pooled)
+        dropped = layers.Dropout(config.dropout, seed=config.seed, name="featx_dropout")(pooled) \
+            if config.dropout else pooled
+        logits = layers.Dense(config.n_classes, name="featx_head")(dropped)
         self.model = keras.Model(inputs, logits, name="featx_finetune")
         self.head = self.model.get_layer("featx_head")
 
@@ -130,13 +140,14 @@ class TopNetwork:
 
 
 def map_batches(data: MapRows, batch_size: int, *, shuffle: bool = False, seed: int = 0, flip: bool = False,
-                augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+                shift: int = 0, augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(maps (B, H, W, C) float32, labels (B,)) batches of `data`; shuffled blocks when `shuffle`.
 
     Shuffling permutes blocks of rows and the rows of what is pending: reads stay contiguous (fast
     in HDF5) and memory stays at about two blocks, while batches still mix across the file.
-    flip: mirror each map left-right with probability 1/2. augment: (image, rng) -> image, per row.
+    flip: mirror each map left-right with probability 1/2. shift: move each map by up to `shift` cells
+    up/down and left/right, repeating the edge. augment: (image, rng) -> image, per row.
     """
     import h5py
 
@@ -163,17 +174,39 @@ def map_batches(data: MapRows, batch_size: int, *, shuffle: bool = False, seed: 
             # Shuffling keeps half of the pool back for the next block, so blocks mix.
             keep = len(y) if last else (len(y) // (2 if shuffle else 1) // batch_size) * batch_size
             for start in range(0, keep, batch_size):
-                yield _augmented(x[start:start + batch_size], rng, flip, augment), y[start:start + batch_size]
+                yield _augmented(x[start:start + batch_size], rng, flip, shift, augment), y[start:start + batch_size]
             pending_x, pending_y = x[keep:], y[keep:]
 
 
-def _augmented(batch, rng, flip, augment):
+def _augmented(batch, rng, flip, shift, augment):
     if flip:
         mirrored = rng.random(len(batch)) < 0.5
         batch[mirrored] = batch[mirrored][:, :, ::-1]
+    if shift:
+        height, width = batch.shape[1:3]
+        padded = np.pad(batch, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+        dy, dx = rng.integers(0, 2 * shift + 1, size=(2, len(batch)))
+        batch = np.stack([padded[i, dy[i]:dy[i] + height, dx[i]:dx[i] + width] for i in range(len(batch))])
     if augment is not None:
         batch = np.stack([augment(image, rng) for image in batch])
     return batch
+
+
+def mixed(batches, alpha: float, rng: np.random.Generator):
+    """(maps, targets (B, 3): label, other label, weight of the first): mixup when alpha > 0, else weight 1.
+
+    Each map is blended with another of its batch; the weight, from Beta(alpha, alpha), is folded
+    above 1/2 so the first label is the one that dominates (train accuracy is counted against it).
+    """
+    for x, y in batches:
+        weight, other = np.ones(len(y), np.float32), np.arange(len(y))
+        if alpha:
+            weight = rng.beta(alpha, alpha, len(y)).astype(np.float32)
+            weight = np.maximum(weight, 1 - weight)
+            other = rng.permutation(len(y))
+            w = weight[:, None, None, None]
+            x = w * x + (1 - w) * x[other]
+        yield x, np.stack([y, y[other], weight], axis=1).astype(np.float32)
 
 
 def map_dataset(data: MapRows, config: TopConfig, *, first_epoch: int = 0, train: bool = True):
@@ -194,10 +227,12 @@ def map_dataset(data: MapRows, config: TopConfig, *, first_epoch: int = 0, train
         # A counter per start: Keras starts the generator again under MultiWorkerMirroredStrategy (its build pulls
         # one batch, then resets), and each start must see the same epoch seeds as one process does.
         for epoch in itertools.count(first_epoch):
-            yield from map_batches(data, config.batch_size, shuffle=train, seed=config.seed * 1_000_003 + epoch,
-                                   flip=train and config.cut != "input", augment=image_augment)
+            seed = config.seed * 1_000_003 + epoch
+            batches = map_batches(data, config.batch_size, shuffle=train, seed=seed, augment=image_augment,
+                                  flip=train and config.cut != "input", shift=config.shift if train else 0)
+            yield from mixed(batches, config.mixup if train else 0.0, np.random.default_rng([seed, 1]))
 
-    signature = (tf.TensorSpec((None, *data.shape), tf.float32), tf.TensorSpec((None,), tf.int64))
+    signature = (tf.TensorSpec((None, *data.shape), tf.float32), tf.TensorSpec((None, 3), tf.float32))
     return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
 
 
@@ -224,9 +259,9 @@ def train_top(config: TopConfig, train: MapRows, val: MapRows, *, head: tuple[np
         net.set_head(*head)
         steps = max(1, math.ceil(len(train.indices()) / config.batch_size))
         optimizer = keras.optimizers.AdamW(learning_rate=_schedule(config, steps), weight_decay=config.weight_decay)
-        net.model.compile(optimizer=optimizer, jit_compile=False, metrics=["accuracy"],
+        net.model.compile(optimizer=optimizer, jit_compile=False, metrics=[accuracy_of_first_label],
                           run_eagerly=steps * config.epochs <= EAGER_STEPS,
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                          loss=training_loss(config))
     state = _Progress(config, net, val, log)
     if checkpoint is not None and Path(checkpoint).exists():
         state.resume(Path(checkpoint), optimizer)
@@ -234,16 +269,66 @@ def train_top(config: TopConfig, train: MapRows, val: MapRows, *, head: tuple[np
         state.score_probe()
     if not state.finished:
         callback = _epoch_end(state, checkpoint, optimizer)
-        class_weight = None if config.class_weight is None else dict(enumerate(config.class_weight))
         try:
             net.model.fit(map_dataset(train, config, first_epoch=state.epoch), steps_per_epoch=steps, verbose=0,
-                          epochs=config.epochs, initial_epoch=state.epoch, class_weight=class_weight,
+                          epochs=config.epochs, initial_epoch=state.epoch,
                           shuffle=False, callbacks=[callback])
             state.finished = True
         except KeyboardInterrupt:
             log(f"interrupted: keeping epoch {state.best_epoch} ({config.metric} {state.best_metric:.4f})")
             return state.result(interrupted=True)
     return state.result()
+
+
+def training_loss(config: TopConfig):
+    """Cross-entropy on (smoothed) targets, plus the squared error of the expected grade when graded.
+
+    y_true: (label, other label, weight of the first) per row (see `mixed`); class weights apply here.
+    """
+    from keras import ops
+
+    n = config.n_classes
+    targets = soft_targets(n, config.label_smoothing, config.graded)
+    grades = np.arange(n, dtype=np.float32)
+    ordinal = config.ordinal_loss if config.graded else 0.0
+    class_weight = None if config.class_weight is None else np.asarray(config.class_weight, np.float32)
+
+    def loss(y_true, logits):
+        first, other = ops.cast(y_true[:, 0], "int32"), ops.cast(y_true[:, 1], "int32")
+        weight = y_true[:, 2]
+        log_p = ops.log_softmax(logits, axis=-1)
+        target = weight[:, None] * ops.take(targets, first, axis=0) \
+            + (1 - weight[:, None]) * ops.take(targets, other, axis=0)
+        value = -ops.sum(target * log_p, axis=-1)
+        if ordinal:
+            expected = ops.sum(ops.exp(log_p) * grades, axis=-1)
+            value = value + ordinal * (weight * ops.square(expected - y_true[:, 0])
+                                       + (1 - weight) * ops.square(expected - y_true[:, 1]))
+        if class_weight is not None:
+            value = value * (weight * ops.take(class_weight, first) + (1 - weight) * ops.take(class_weight, other))
+        return value
+
+    return loss
+
+
+def accuracy_of_first_label(y_true, logits):
+    """Train accuracy against each row's dominant label (the `mixed` targets' first column)."""
+    from keras import ops
+
+    return ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(y_true[:, 0], "int64")), "float32")
+
+
+def soft_targets(n: int, smoothing: float, graded: bool) -> np.ndarray:
+    """Row k: the target distribution of class k; graded classes give the smoothed mass to grades k-1 and k+1."""
+    eye = np.eye(n, dtype=np.float32)
+    if not smoothing:
+        return eye
+    if graded:
+        spread = (np.abs(np.subtract.outer(np.arange(n), np.arange(n))) == 1).astype(np.float32)
+    else:
+        spread = 1.0 - eye
+    spread /= np.maximum(spread.sum(axis=1, keepdims=True), 1.0)
+    return ((1.0 - smoothing) * eye + smoothing * spread).astype(np.float32)
 
 
 def _schedule(config: TopConfig, steps_per_epoch: int):
@@ -268,10 +353,17 @@ class _Progress:
         self.finished = False
 
     def val_metric(self) -> float:
-        predicted = np.argmax(self.net.predict(self.val, self.config.batch_size), axis=1)
-        if self.config.graded:
-            return float(quadratic_weighted_kappa(self.y_val, predicted, labels=np.arange(self.config.n_classes)))
-        return float(accuracy(self.y_val, predicted))
+        """Val accuracy, or QWK when graded: of the argmax, or of the rounded expected grade (select "expected")."""
+        logits = self.net.predict(self.val, self.config.batch_size)
+        if not self.config.graded:
+            return float(accuracy(self.y_val, np.argmax(logits, axis=1)))
+        labels = np.arange(self.config.n_classes)
+        argmax = float(quadratic_weighted_kappa(self.y_val, np.argmax(logits, axis=1), labels=labels))
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        expected = np.clip(np.rint((p / p.sum(axis=1, keepdims=True)) @ labels), 0, labels[-1]).astype(np.int64)
+        self.expected_qwk = float(quadratic_weighted_kappa(self.y_val, expected, labels=labels))
+        self.argmax_qwk = argmax
+        return self.expected_qwk if self.config.select == "expected" else argmax
 
     def score_probe(self) -> None:
         started = time.perf_counter()
@@ -286,13 +378,15 @@ class _Progress:
         metric = self.val_metric()
         self.epoch = epoch
         entry = {"epoch": epoch, "loss": float(logs.get("loss", math.nan)),
-                 "train_accuracy": float(logs.get("accuracy", math.nan)), "val_metric": metric, "seconds": seconds}
+                 "train_accuracy": float(logs.get("accuracy_of_first_label", math.nan)), "val_metric": metric,
+                 "seconds": seconds}
         self.history.append(entry)
         if metric > self.best_metric:
             self.best_epoch, self.best_metric, self.best_weights = epoch, metric, self.net.model.get_weights()
         best = " (best)" if self.best_epoch == epoch else ""
+        extra = f" (argmax {self.argmax_qwk:.4f}, expected {self.expected_qwk:.4f})" if self.config.graded else ""
         lines = [f"epoch {epoch}/{self.config.epochs}: loss {entry['loss']:.4f}, train accuracy "
-                 f"{entry['train_accuracy']:.4f}, val {self.config.metric} {metric:.4f}{best}, {seconds:.1f} s"]
+                 f"{entry['train_accuracy']:.4f}, val {self.config.metric} {metric:.4f}{extra}{best}, {seconds:.1f} s"]
         if epoch - self.best_epoch >= self.config.patience and epoch < self.config.epochs:
             lines.append(f"stopping early: no better val {self.config.metric} for {self.config.patience} epoch(s)")
         self.finished = epoch >= self.config.epochs or epoch - self.best_epoch >= self.config.patience
