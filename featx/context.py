@@ -11,6 +11,7 @@ original rows only.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from featx.errors import FeatxError
 from featx.rows import Rows, row_groups
 
 __all__ = ["CONTEXTS", "FILL", "FILLS", "check_context", "context_record", "fill_value", "others_mean",
-           "with_context"]
+           "single_image_rows", "with_context"]
 
 CONTEXTS = ("others",)
 FILLS = ("mean", "self", "zeros")
@@ -80,6 +81,13 @@ def _sums(X: np.ndarray, keys: np.ndarray, counted: np.ndarray) -> np.ndarray:
     sums = np.zeros((keys.max(initial=-1) + 1, X.shape[1]), dtype=np.float64)
     np.add.at(sums, keys[counted], X[counted])
     return sums
+
+
+def single_image_rows(rows: Rows) -> int:
+    """How many rows have no other image of their subject (their context is the fill)."""
+    images = row_groups(rows.paths, len(rows))
+    images_of = Counter(subject for subject, _ in set(zip(rows.groups.tolist(), images.tolist())))
+    return sum(images_of[subject] == 1 for subject in rows.groups.tolist())
 
 
 def with_context(rows: Rows, *, fill: str = FILL, value=None) -> Rows:

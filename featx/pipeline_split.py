@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.choices import HEAD_NAMES, STREAMED_HEAD
-from featx.context import check_context, context_record, fill_value, with_context
+from featx.context import check_context, context_record, fill_value, single_image_rows, with_context
 from featx.errors import FeatxError
 from featx.heads import is_ordinal_head, min_images_per_class
 from featx.recipe import DECODE_KEYS, Recipe, mismatch
@@ -162,6 +162,8 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
     fill = None
     if context:  # before the hold-out: subjects stay on one side, so each side's context is its own rows'
         fill = fill_value(data)  # the training file's: what the bundle records for predict
+        log(f"--context {context}: each row also gets the mean features of its subject's other images; "
+            f"{single_image_rows(data)} of {len(data)} rows have none and get the training rows' mean")
         data = with_context(data, value=fill)
         held_out = None if test is None else with_context(held_out, value=fill)
     features = data.source
@@ -180,7 +182,7 @@ def load_split(files: list[Path], *, test: list[Path] | None, test_size, ordinal
                           where=f"in {features} ({train_need} to train, 1 to test)", fewer_folds_help=fewer_folds_help)
         train_rows, test_rows = grouped_train_test_split(data.y, data.groups, test_size=test_size, seed=seed)
         all_rows, data, held_out = data, data.subset(train_rows), data.subset(test_rows)
-        test_label = held_out_label(held_out.groups, test_size, seed)
+        test_label = held_out_label(held_out.groups, test_size, seed, subjects=regex is not None)
         note = f" after holding out {test_size:.0%} to test (--test-size)"
     else:
         test_label = held_out.source
@@ -213,9 +215,9 @@ def check_test_files(files: list[Path], test: list[Path] | None) -> None:
                          "training file, in the same order")
 
 
-def held_out_label(groups, test_size: float, seed: int) -> str:
-    """How the held-out test rows are named in messages: their images, the fraction and the seed."""
-    return f"{len(np.unique(groups))} held-out images ({test_size:.0%}, seed {seed})"
+def held_out_label(groups, test_size: float, seed: int, *, subjects: bool = False) -> str:
+    """How the held-out test rows are named in messages: their images (or subjects), the fraction and the seed."""
+    return f"{len(np.unique(groups))} held-out {'subjects' if subjects else 'images'} ({test_size:.0%}, seed {seed})"
 
 
 def _fused_recipes(stores, same_decoding: bool) -> list[Recipe]:

@@ -10,7 +10,7 @@ import pytest
 
 from featx import FeatureStore, load_bundle
 from featx.cli import main
-from featx.context import others_mean, with_context
+from featx.context import others_mean, single_image_rows, with_context
 from featx.pipeline_split import Split
 from featx.rows import Rows, grouped_train_test_split
 from featx.store import HDF5DatasetWriter
@@ -38,6 +38,7 @@ def test_the_context_is_the_mean_of_the_other_images_and_never_the_row_itself():
     # Rows without paths are their own images: two such rows of one subject are each other's context.
     rows = Rows.of(X[:2], [0, 1], subjects=["s", "s"])
     assert with_context(rows).X.tolist() == [[1, 0, 3, 0], [3, 0, 1, 0]]
+    assert single_image_rows(Rows.of(X, [0] * 5, images, aug=[0, 0, 0, 1, 0], subjects=subjects)) == 1
 
 
 def test_context_before_the_split_is_what_each_side_would_compute_alone():
