@@ -181,7 +181,7 @@ def find_label_issues(probabilities, labels, *, graded: bool = False, paths: Seq
         far = distance >= GRADE_DISTANCE
         suggested = np.where(far, np.clip(np.rint(expected), 0, n_classes - 1).astype(np.int64), suggested)
         # cleanlab's flag alone listed 12% of the clean knee grades; the expected grade must back its
-        # suggestion (round to a grade GRADE_DISTANCE away): 6% (bench/label_issues.py).
+        # suggestion (round to a grade GRADE_DISTANCE away): 7% (bench/label_issues.py).
         backed = distance >= GRADE_DISTANCE - 0.5
         flagged = far | (flagged & backed & (np.abs(suggested - labels) >= GRADE_DISTANCE))
         reasons = np.where(far, [f"expected grade {value:.1f}" for value in expected],
