@@ -213,21 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-from", metavar="LAYER",
                    help="cut layer: train the layers above it (default per backbone; 'input' trains every layer)")
     # Training defaults live in featx.finetune.options.DEFAULTS; None here means "that default".
-    s.add_argument("--epochs", type=int, help="most epochs (default 8; early stopping on val)")
-    s.add_argument("--lr", type=float, help="peak AdamW learning rate (default 3e-4)")
+    s.add_argument("--epochs", type=int, help="most epochs (default 6; early stopping on val)")
+    s.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-4)")
     s.add_argument("--warmup", type=float, help="epochs of warm-up before the cosine decay (default 0.5)")
     s.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
     s.add_argument("--patience", type=int, help="stop after this many epochs without a better val score (default 3)")
     s.add_argument("--batch-size", type=int, help="default 32")
-    s.add_argument("--shift", type=int, help="move each training map by up to this many cells (default 0)")
-    s.add_argument("--dropout", type=float, help="dropout before the classification layer (default 0)")
+    s.add_argument("--shift", type=int, help="move each training map by up to this many cells (default 2)")
+    s.add_argument("--dropout", type=float, help="dropout before the classification layer (default 0.3)")
     s.add_argument("--label-smoothing", type=float,
-                   help="target mass moved off the true class; graded classes: to the neighbouring grades (default 0)")
+                   help="target mass moved off the true class; graded: to the neighbouring grades (default 0.2)")
     s.add_argument("--ordinal-loss", type=float,
-                   help="graded classes: weight of (expected grade - grade)^2 beside the cross-entropy (default 0)")
+                   help="graded classes: weight of (expected grade - grade)^2 beside the cross-entropy (default 0.5)")
     s.add_argument("--select", choices=["argmax", "expected"],
                    help="graded classes: keep the epoch by the QWK of the argmax or of the rounded expected grade "
-                   "(default argmax)")
+                   "(default expected)")
     s.add_argument("--mixup", type=float, metavar="ALPHA",
                    help="blend each training map with another, weight from Beta(ALPHA, ALPHA) (default 0: off)")
     s.add_argument("--class-weight", choices=["balanced"])
@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paths REGEX does not match: refuse (default) or make each its own subject")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--features", default="features", help="folder for the cached maps (default: features/)")
+    s.add_argument("--maps-dtype", choices=["float32", "float16"],
+                   help="the cached maps' type (default float32: the probe equals featx train's logreg; "
+                   "float16 halves the file)")
     s.add_argument("-o", "--output", default="models", help="folder for the weights file and bundles (default: models)")
     _runtime_option(s)
     s.add_argument("--engine", default="local", choices=["local", "ray"],

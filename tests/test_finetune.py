@@ -95,7 +95,7 @@ def test_weights_file_reextracts_the_fine_tuned_features(run):
 
 
 def test_changed_option_is_refused_naming_it(run):
-    with pytest.raises(FeatxError, match=r"--lr 0\.0003, not 0\.001.*--overwrite"):
+    with pytest.raises(FeatxError, match=r"--lr 0\.0002, not 0\.001.*--overwrite"):
         finetune(run["data"], **OPTIONS, lr=1e-3, features=run["features"], output=run["output"])
 
 

@@ -1,7 +1,7 @@
 """`featx finetune`: cache the frozen bottom's maps once, fit a linear probe, fine-tune the top, write outputs.
 
 The maps at the cut are a feature file like any other (featx.extract with pooling "flatten",
-float16), so they are crash-safe, resumable and reused by every later run at the same cut.
+float32 or float16), so they are crash-safe, resumable and reused by every later run at the same cut.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def _cache_maps(root, maps_file: Path, split_roots, o: FinetuneOptions, *, image
 
     layer = _input_layer(o.backbone) if cut == "input" else cut
     options = dict(backbone=o.backbone, weights=o.weights, pooling="flatten", layer=layer, image_size=image_size,
-                   dtype="float16", seed=o.seed, progress=o.progress, log=log, group=o.group,
+                   dtype=o.maps_dtype, seed=o.seed, progress=o.progress, log=log, group=o.group,
                    group_unmatched=o.group_unmatched,
                    # LiteRT's gain is in the convolutions; an input "cut" has none to run.
                    runtime="keras" if cut == "input" else o.runtime)
@@ -199,9 +199,11 @@ def _cached_maps(root: Path, maps_file: Path, split_roots: dict, options: dict) 
             return None
         with FeatureStore(path) as store:
             recipe, complete, rows = store.recipe, store.complete, len(store.paths) + len(store.skipped)
-        wanted = (options["backbone"], digest, options["layer"], options["image_size"], "flatten")
+            dtype = str(store.features.dtype)
+        wanted = (options["backbone"], digest, options["layer"], options["image_size"], "flatten", options["dtype"])
         if (recipe is None or not complete or rows != len(images.list_dataset(folder))
-                or (recipe.backbone, recipe.weights_sha256, recipe.layer, recipe.image_size, recipe.pooling) != wanted):
+                or (recipe.backbone, recipe.weights_sha256, recipe.layer, recipe.image_size, recipe.pooling,
+                    dtype) != wanted):
             return None
         found[split] = path
     return found

@@ -27,7 +27,7 @@ from featx.metrics import accuracy, quadratic_weighted_kappa
 __all__ = ["MapRows", "TopConfig", "TopResult", "TopNetwork", "map_batches", "map_dataset", "soft_targets",
            "train_top", "training_loss"]
 
-BLOCK_ROWS = 512  # rows read from HDF5 at once: ~22 MB of 14x14x112 float16 maps
+BLOCK_ROWS = 512  # rows read from HDF5 at once: ~45 MB of 14x14x112 float32 maps
 # Tracing the train step into a graph costs 10-40 s on a busy 2-core CPU; a run this short is faster eagerly.
 EAGER_STEPS = 16
 
