@@ -14,6 +14,7 @@ import featx
 from featx.cli import main
 from featx.errors import FeatxError
 from featx.finetune import DEFAULTS, finetune
+from featx.finetune.loss import soft_targets, training_loss
 from featx.finetune.outputs import affine_map
 from featx.finetune.top import MapRows, TopConfig, TopNetwork
 from featx.store import FeatureStore
@@ -166,3 +167,15 @@ def test_cli_refuses_a_group_regex_without_a_capture_group_in_one_line(tmp_path,
     error = capsys.readouterr().err.strip()
     assert "no capture group" in error and len(error.splitlines()) == 1
     assert not (tmp_path / "f").exists() or not any((tmp_path / "f").iterdir())
+
+
+def test_graded_targets_spread_to_neighbours_and_the_loss_adds_the_expected_grade_error():
+    targets = soft_targets(5, 0.2, graded=True)
+    np.testing.assert_allclose(targets[0], [0.8, 0.2, 0, 0, 0])
+    np.testing.assert_allclose(targets[2], [0, 0.1, 0.8, 0.1, 0])
+    np.testing.assert_allclose(soft_targets(3, 0.2, graded=False)[1], [0.1, 0.8, 0.1])
+    config = TopConfig(backbone="efficientnet_lite0", weights="none", image_size=SIZE, cut="block5c_add", n_classes=3,
+                       graded=True, **dict(DEFAULTS, label_smoothing=0.0, ordinal_loss=0.5))
+    logits = np.log(np.array([[0.5, 0.25, 0.25]], np.float32))  # expected grade 0.75
+    loss = float(np.asarray(training_loss(config)(np.array([[2, 2, 1.0]], np.float32), logits))[0])
+    assert loss == pytest.approx(-np.log(0.25) + 0.5 * (0.75 - 2) ** 2, rel=1e-5)

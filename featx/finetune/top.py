@@ -22,10 +22,10 @@ import numpy as np
 from featx import backbones
 from featx.atomic import atomic_output
 from featx.errors import FeatxError
+from featx.finetune.loss import accuracy_of_first_label, training_loss
 from featx.metrics import accuracy, quadratic_weighted_kappa
 
-__all__ = ["MapRows", "TopConfig", "TopResult", "TopNetwork", "map_batches", "map_dataset", "soft_targets",
-           "train_top", "training_loss"]
+__all__ = ["MapRows", "TopConfig", "TopResult", "TopNetwork", "map_batches", "map_dataset", "mixed", "train_top"]
 
 BLOCK_ROWS = 512  # rows read from HDF5 at once: ~45 MB of 14x14x112 float32 maps
 # Tracing the train step into a graph costs 10-40 s on a busy 2-core CPU; a run this short is faster eagerly.
@@ -278,57 +278,6 @@ def train_top(config: TopConfig, train: MapRows, val: MapRows, *, head: tuple[np
             log(f"interrupted: keeping epoch {state.best_epoch} ({config.metric} {state.best_metric:.4f})")
             return state.result(interrupted=True)
     return state.result()
-
-
-def training_loss(config: TopConfig):
-    """Cross-entropy on (smoothed) targets, plus the squared error of the expected grade when graded.
-
-    y_true: (label, other label, weight of the first) per row (see `mixed`); class weights apply here.
-    """
-    from keras import ops
-
-    n = config.n_classes
-    targets = soft_targets(n, config.label_smoothing, config.graded)
-    grades = np.arange(n, dtype=np.float32)
-    ordinal = config.ordinal_loss if config.graded else 0.0
-    class_weight = None if config.class_weight is None else np.asarray(config.class_weight, np.float32)
-
-    def loss(y_true, logits):
-        first, other = ops.cast(y_true[:, 0], "int32"), ops.cast(y_true[:, 1], "int32")
-        weight = y_true[:, 2]
-        log_p = ops.log_softmax(logits, axis=-1)
-        target = weight[:, None] * ops.take(targets, first, axis=0) \
-            + (1 - weight[:, None]) * ops.take(targets, other, axis=0)
-        value = -ops.sum(target * log_p, axis=-1)
-        if ordinal:
-            expected = ops.sum(ops.exp(log_p) * grades, axis=-1)
-            value = value + ordinal * (weight * ops.square(expected - y_true[:, 0])
-                                       + (1 - weight) * ops.square(expected - y_true[:, 1]))
-        if class_weight is not None:
-            value = value * (weight * ops.take(class_weight, first) + (1 - weight) * ops.take(class_weight, other))
-        return value
-
-    return loss
-
-
-def accuracy_of_first_label(y_true, logits):
-    """Train accuracy against each row's dominant label (the `mixed` targets' first column)."""
-    from keras import ops
-
-    return ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(y_true[:, 0], "int64")), "float32")
-
-
-def soft_targets(n: int, smoothing: float, graded: bool) -> np.ndarray:
-    """Row k: the target distribution of class k; graded classes give the smoothed mass to grades k-1 and k+1."""
-    eye = np.eye(n, dtype=np.float32)
-    if not smoothing:
-        return eye
-    if graded:
-        spread = (np.abs(np.subtract.outer(np.arange(n), np.arange(n))) == 1).astype(np.float32)
-    else:
-        spread = 1.0 - eye
-    spread /= np.maximum(spread.sum(axis=1, keepdims=True), 1.0)
-    return ((1.0 - smoothing) * eye + smoothing * spread).astype(np.float32)
 
 
 def _schedule(config: TopConfig, steps_per_epoch: int):
