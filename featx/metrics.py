@@ -15,12 +15,17 @@ from featx.choices import METRICS
 __all__ = [
     "METRICS",
     "accuracy",
+    "accuracy_of_confusions",
     "bootstrap_ci",
+    "bootstrap_confusions",
     "confusion_matrix",
     "confusion_text",
     "f1_macro",
+    "f1_macro_of_confusions",
+    "percentile_interval",
     "quadratic_weighted_kappa",
     "qwk_from_grades",
+    "qwk_of_confusions",
 ]
 
 def accuracy(y_true, y_pred) -> float:
@@ -87,15 +92,62 @@ def qwk_from_grades(true_grades, pred_grades, n_grades: int) -> float:
     observed = np.bincount(
         true_grades * n_grades + pred_grades, minlength=n_grades * n_grades
     ).reshape(n_grades, n_grades)
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
-    grades = np.arange(n_grades)
+    return float(qwk_of_confusions(observed[None])[0])
+
+
+def qwk_of_confusions(confusions: np.ndarray) -> np.ndarray:
+    """Quadratic weighted kappa of each (grades x grades) confusion matrix in a stack (m, K, K)."""
+    confusions = np.asarray(confusions, dtype=float)
+    totals = confusions.sum(axis=(1, 2))
+    expected = confusions.sum(axis=2)[:, :, None] * confusions.sum(axis=1)[:, None, :] / totals[:, None, None]
+    grades = np.arange(confusions.shape[1])
     weights = (grades[:, None] - grades[None, :]) ** 2
-    expected_disagreement = (weights * expected).sum()
-    if expected_disagreement == 0:
-        # Both sides constant on the same grade: perfect agreement, which
-        # cohen_kappa_score reports as nan (0/0).
-        return 1.0
-    return float(1.0 - (weights * observed).sum() / expected_disagreement)
+    expected_disagreement = (weights * expected).sum(axis=(1, 2))
+    observed_disagreement = (weights * confusions).sum(axis=(1, 2))
+    # Both sides constant on the same grade: perfect agreement, which cohen_kappa_score reports as nan (0/0).
+    return 1.0 - np.divide(observed_disagreement, expected_disagreement, out=np.zeros(len(confusions)),
+                           where=expected_disagreement != 0)
+
+
+def accuracy_of_confusions(confusions: np.ndarray) -> np.ndarray:
+    """Accuracy of each confusion matrix in a stack (m, K, K)."""
+    return np.trace(confusions, axis1=1, axis2=2) / confusions.sum(axis=(1, 2))
+
+
+def f1_macro_of_confusions(confusions: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """Macro F1 over `labels` (class indices) of each confusion matrix in a stack (m, K, K), as `f1_macro`."""
+    labels = np.asarray(labels, dtype=np.intp)
+    true_pos = confusions[:, labels, labels]
+    denominator = confusions.sum(axis=2)[:, labels] + confusions.sum(axis=1)[:, labels]
+    per_class = np.divide(2 * true_pos, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
+    return per_class.mean(axis=1)
+
+
+def bootstrap_confusions(y_true, y_pred, n_classes: int, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """Confusion matrices (n, K, K) of the `n` seeded resamples `bootstrap_ci` draws, for class indices: a metric
+    that the matrix determines is scored on all resamples at once (1,000 calls cost 0.1-0.4 s per metric)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    rows = np.random.default_rng(seed).integers(0, len(y_true), size=(n, len(y_true)))
+    k = int(n_classes)
+    confusions = np.empty((n, k * k), dtype=np.int64)
+    step = max(1, 2_000_000 // max(len(y_true), 1))  # resamples at a time: temporaries stay near 16 MB each
+    for start in range(0, n, step):
+        block = rows[start:start + step]
+        codes = (np.arange(len(block), dtype=np.int64) * k * k)[:, None] + y_true[block] * k + y_pred[block]
+        confusions[start:start + len(block)] = np.bincount(codes.ravel(), minlength=len(block) * k * k).reshape(
+            len(block), k * k)
+    return confusions.reshape(n, k, k)
+
+
+def percentile_interval(scores) -> tuple[float, float]:
+    """95% percentile interval of the finite `scores` (nan, nan when there are none)."""
+    scores = np.asarray(scores, dtype=float)
+    scores = scores[np.isfinite(scores)]
+    if len(scores) == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def bootstrap_ci(
@@ -109,12 +161,7 @@ def bootstrap_ci(
         return value, value
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(y_true), size=(n, len(y_true)))
-    scores = np.array([metric_fn(y_true[take], y_pred[take]) for take in rows], dtype=float)
-    scores = scores[np.isfinite(scores)]
-    if len(scores) == 0:
-        return float("nan"), float("nan")
-    low, high = np.percentile(scores, [2.5, 97.5])
-    return float(low), float(high)
+    return percentile_interval([metric_fn(y_true[take], y_pred[take]) for take in rows])
 
 
 

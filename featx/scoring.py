@@ -9,7 +9,19 @@ from functools import partial
 import numpy as np
 from sklearn.metrics import classification_report
 
-from featx.metrics import METRICS, accuracy, bootstrap_ci, confusion_matrix, confusion_text, f1_macro
+from featx.metrics import (
+    METRICS,
+    accuracy,
+    accuracy_of_confusions,
+    bootstrap_ci,
+    bootstrap_confusions,
+    confusion_matrix,
+    confusion_text,
+    f1_macro,
+    f1_macro_of_confusions,
+    percentile_interval,
+    qwk_of_confusions,
+)
 from featx.metrics import quadratic_weighted_kappa as qwk
 
 __all__ = ["METRICS", "best_head", "best_index", "details", "leaderboard_row", "score_row"]
@@ -39,7 +51,17 @@ def score_row(y_true, y_pred, *, n_classes: int, with_qwk: bool, bootstrap: int 
     row = {}
     for key, fn in metric_fns.items():
         row[key] = float(fn(y_true, y_pred))
-        row[f"{key}_ci"] = list(bootstrap_ci(y_true, y_pred, fn, n=bootstrap, seed=seed)) if bootstrap else None
+        row[f"{key}_ci"] = None
+    if bootstrap and len(y_true):
+        # The resamples bootstrap_ci would draw, each scored from its confusion matrix, all at once.
+        confusions = bootstrap_confusions(y_true, y_pred, n_classes, n=bootstrap, seed=seed)
+        of_confusions = {"accuracy": accuracy_of_confusions, "qwk": qwk_of_confusions,
+                         "f1_macro": partial(f1_macro_of_confusions, labels=np.union1d(y_true, y_pred))}
+        for key in metric_fns:
+            row[f"{key}_ci"] = list(percentile_interval(of_confusions[key](confusions)))
+    elif bootstrap:
+        for key, fn in metric_fns.items():
+            row[f"{key}_ci"] = list(bootstrap_ci(y_true, y_pred, fn, n=bootstrap, seed=seed))
     return row
 
 
