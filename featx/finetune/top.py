@@ -121,6 +121,7 @@ class TopNetwork:
         logits = layers.Dense(config.n_classes, name="featx_head")(dropped)
         self.model = keras.Model(inputs, logits, name="featx_finetune")
         self.head = self.model.get_layer("featx_head")
+        self._graphs: dict = {}
 
     def set_head(self, W: np.ndarray, b: np.ndarray) -> None:
         self.head.set_weights([np.asarray(W, np.float32), np.asarray(b, np.float32)])
@@ -131,9 +132,19 @@ class TopNetwork:
 
     def predict(self, data: MapRows, batch_size: int, *, pooled: bool = False) -> np.ndarray:
         """Logits (or pooled features) of every row of `data`, in order, read a block at a time."""
-        model = self.pooled if pooled else self.model
-        out = [np.asarray(model(batch, training=False)) for batch, _ in map_batches(data, batch_size)]
+        forward = self._forward(pooled)
+        out = [np.asarray(forward(batch)) for batch, _ in map_batches(data, batch_size)]
         return np.concatenate(out).astype(np.float32)
+
+    def _forward(self, pooled: bool):
+        """The model's inference call as one traced graph: eager calls cost about 3x as much per batch of 32."""
+        import tensorflow as tf
+
+        key = "pooled" if pooled else "logits"
+        if key not in self._graphs:
+            model = self.pooled if pooled else self.model
+            self._graphs[key] = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+        return self._graphs[key]
 
 
 # ----------------------------------------------------------------------------- data
