@@ -128,7 +128,7 @@ def bootstrap_confusions(y_true, y_pred, n_classes: int, n: int = 1000, seed: in
     that the matrix determines is scored on all resamples at once (1,000 calls cost 0.1-0.4 s per metric)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
-    rows = np.random.default_rng(seed).integers(0, len(y_true), size=(n, len(y_true)))
+    rows = _resamples(len(y_true), n, seed)
     k = int(n_classes)
     confusions = np.empty((n, k * k), dtype=np.int64)
     step = max(1, 2_000_000 // max(len(y_true), 1))  # resamples at a time: temporaries stay near 16 MB each
@@ -159,9 +159,13 @@ def bootstrap_ci(
     if n <= 0 or len(y_true) == 0:
         value = float(metric_fn(y_true, y_pred)) if len(y_true) else float("nan")
         return value, value
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(y_true), size=(n, len(y_true)))
-    return percentile_interval([metric_fn(y_true[take], y_pred[take]) for take in rows])
+    return percentile_interval([metric_fn(y_true[take], y_pred[take]) for take in _resamples(len(y_true), n, seed)])
+
+
+def _resamples(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """The row indices of `n` seeded resamples with replacement (n, n_rows): bootstrap_ci and
+    bootstrap_confusions draw the same ones, so their intervals agree."""
+    return np.random.default_rng(seed).integers(0, n_rows, size=(n, n_rows))
 
 
 
