@@ -76,10 +76,9 @@ class FinetuneOptions:
             raise FeatxError(f"unknown --select {self.select!r}: use {' or '.join(SELECT)}")
         if self.class_weight not in (None, "balanced"):
             raise FeatxError(f"unknown --class-weight {self.class_weight!r}: use balanced")
-        from featx.store.subjects import UNMATCHED, compile_group
+        from featx.store.subjects import check_unmatched, compile_group
 
-        if self.group_unmatched not in UNMATCHED:
-            raise FeatxError(f"--group-unmatched must be one of {', '.join(UNMATCHED)}; got {self.group_unmatched!r}")
+        check_unmatched(self.group_unmatched)
         if self.group:
             compile_group(self.group)
         return self

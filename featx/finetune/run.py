@@ -251,6 +251,7 @@ class _Splits:
 
 
 def _labelled_splits(maps: dict[str, Path], o: FinetuneOptions) -> _Splits:
+    from featx.pipeline_split import subject_grouping
     from featx.store import FeatureStore
 
     stores = {split: FeatureStore(path) for split, path in maps.items()}
@@ -272,8 +273,7 @@ def _labelled_splits(maps: dict[str, Path], o: FinetuneOptions) -> _Splits:
     else:
         train, val = rows_of("train"), rows_of("val")
         test = rows_of("test") if "test" in stores else None
-    group = o.group or first.group_regex
-    unmatched = o.group_unmatched if o.group else first.attrs.get("group_unmatched", "refuse")
+    group, unmatched = subject_grouping(list(stores.values()), o.group, o.group_unmatched)
     return _Splits(train=train, val=val, test=test, class_names=class_names, graded=graded, recipe=first.recipe,
                    group=group, group_unmatched=unmatched)
 

@@ -30,13 +30,18 @@ def compile_group(regex: str) -> re.Pattern:
     return pattern
 
 
+def check_unmatched(unmatched: str) -> None:
+    """Refuse a --group-unmatched policy other than UNMATCHED's."""
+    if unmatched not in UNMATCHED:
+        raise FeatxError(f"--group-unmatched must be one of {', '.join(UNMATCHED)}; got {unmatched!r}")
+
+
 def subjects_of(paths: Sequence[str], regex: str, unmatched: str = "refuse") -> np.ndarray:
     """The subject of each path: the first capture group of `regex` searched in it (an object array of str).
 
     unmatched: "refuse" raises a FeatxError quoting examples; "own" makes such a path its own subject.
     """
-    if unmatched not in UNMATCHED:
-        raise FeatxError(f"--group-unmatched must be one of {', '.join(UNMATCHED)}; got {unmatched!r}")
+    check_unmatched(unmatched)
     pattern = compile_group(regex)
     subjects = np.empty(len(paths), dtype=object)
     missed = []
