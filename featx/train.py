@@ -59,7 +59,7 @@ def train(
     `featx extract --group` records its subjects already); splits keep a subject on one side.
     group_unmatched: "refuse" paths it misses, or make each its own subject ("own").
     context: "others" puts beside each row the mean features of its subject's other images (its other eye
-    or knee; the row itself when it has none); needs subjects. The bundle records it and predict repeats it.
+    or knee; the training rows' mean when it has none); needs subjects. The bundle records it and predict repeats it.
     """
     options = Options(heads=heads, test=test, test_size=test_size, folds=folds, class_weight=class_weight,
                       metric=metric, ordinal=ordinal, n_jobs=n_jobs, output=output, seed=seed, bootstrap=bootstrap,
