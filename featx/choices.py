@@ -1,4 +1,4 @@
-"""The names a user picks from in stage 2: heads and metrics, each defined once.
+"""The names a user picks from: heads, metrics, subject and context policies, each defined once.
 
 Standard library only, so the CLI builds its --heads help and --metric choices from these without
 loading numpy or scikit-learn. Adding a head is an entry here and its builder in featx.heads.registry.
@@ -6,10 +6,16 @@ loading numpy or scikit-learn. Adding a head is an entry here and its builder in
 
 from __future__ import annotations
 
-__all__ = ["HEADS", "HEAD_NAMES", "METRICS", "ORDINAL_HEAD_NAMES", "STREAMED_HEAD", "heads_help"]
+__all__ = ["CONTEXTS", "HEADS", "HEAD_NAMES", "METRICS", "ORDINAL_HEAD_NAMES", "STREAMED_HEAD", "UNMATCHED",
+           "heads_help"]
 
 # The test metrics of a leaderboard row, in display order.
 METRICS = ("accuracy", "f1_macro", "qwk")
+
+# --group-unmatched: what a path the --group regex does not match becomes: an error, or its own subject.
+UNMATCHED = ("refuse", "own")
+# --context: what goes beside each row's features (featx.context).
+CONTEXTS = ("others",)
 
 # Head name -> what it is, in a few words. The order is the order of --heads all.
 HEADS = {

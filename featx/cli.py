@@ -11,7 +11,7 @@ import logging
 import sys
 
 from featx import __version__  # featx/__init__ also quiets TensorFlow's C++ logging
-from featx.choices import METRICS, heads_help  # standard library only, like recipe
+from featx.choices import CONTEXTS, METRICS, UNMATCHED, heads_help  # standard library only, like recipe
 from featx.errors import FeatxError
 from featx.recipe import DECODE_CHOICES  # standard library only: the command still starts fast
 
@@ -126,10 +126,14 @@ def _stage2_options(s) -> None:
     s.add_argument("--no-report", action="store_true", help="skip the HTML report page and label-issue CSV")
     s.add_argument("--group", metavar="REGEX", help="subjects named by REGEX's first group on each path stay on one "
                    "side of every split (a file made with extract --group records them already)")
-    s.add_argument("--group-unmatched", choices=["refuse", "own"], default="refuse",
-                   help="paths REGEX does not match: refuse (default) or make each its own subject")
-    s.add_argument("--context", choices=["others"], help="others: beside each row, the mean features of its "
+    _unmatched_option(s)
+    s.add_argument("--context", choices=CONTEXTS, help="others: beside each row, the mean features of its "
                    "subject's other images (the other eye or knee); needs subjects (--group)")
+
+
+def _unmatched_option(s) -> None:
+    s.add_argument("--group-unmatched", choices=UNMATCHED, default="refuse",
+                   help="paths REGEX does not match: refuse (default) or make each its own subject")
 
 
 def _stage2_run_options(args, **more):
@@ -192,8 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     s.add_argument("--group", metavar="REGEX", help=r"name each image's subject (a patient) by the first capture group "
                    r"of REGEX on its relative path, e.g. '(\d+)[LR]\.'; splits keep a subject on one side")
-    s.add_argument("--group-unmatched", choices=["refuse", "own"], default="refuse",
-                   help="paths REGEX does not match: refuse (default) or make each its own subject")
+    _unmatched_option(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_extract)
 
@@ -235,8 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-size", type=float, help="hold-out fraction without a val/ folder (default 0.2)")
     s.add_argument("--group", metavar="REGEX", help=r"without a val/ folder, the hold-out keeps each subject named by "
                    r"REGEX's first group on the path (e.g. '(\d+)[LR]\.') on one side; recorded in the maps file")
-    s.add_argument("--group-unmatched", choices=["refuse", "own"], default="refuse",
-                   help="paths REGEX does not match: refuse (default) or make each its own subject")
+    _unmatched_option(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--features", default="features", help="folder for the cached maps (default: features/)")
     s.add_argument("--maps-dtype", choices=["float32", "float16"],
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predictions CSV; a bundle trained with --group also writes <stem>-subjects.csv beside it")
     s.add_argument("--batch-size", type=int, default=32)
     _runtime_option(s)
-    s.add_argument("--group-unmatched", choices=["refuse", "own"],
+    s.add_argument("--group-unmatched", choices=UNMATCHED,
                    help="paths the bundle's --group regex does not match (default: as in training)")
     s.set_defaults(func=_cmd_predict)
 

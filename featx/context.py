@@ -15,13 +15,13 @@ from collections import Counter
 
 import numpy as np
 
+from featx.choices import CONTEXTS
 from featx.errors import FeatxError
 from featx.rows import Rows, row_groups
 
 __all__ = ["CONTEXTS", "FILL", "FILLS", "check_context", "context_record", "fill_value", "others_mean",
            "single_image_rows", "with_context"]
 
-CONTEXTS = ("others",)
 FILLS = ("mean", "self", "zeros")
 # A subject with one image gets the training rows' mean features as context: "an average other knee", which a
 # standardizing head reads as no evidence either way. Measured on knee grades with half the val patients cut to

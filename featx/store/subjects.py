@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from featx.choices import UNMATCHED
 from featx.errors import FeatxError
 
-UNMATCHED = ("refuse", "own")  # what a path the regex does not match becomes: an error, or its own subject
 SHOWN = 5  # unmatched paths quoted in the refusal
 
 
