@@ -22,6 +22,7 @@ from featx.report import (
     find_label_issues,
     out_of_fold_probabilities,
 )
+from featx.report.label_issues import NEIGHBOUR_WEIGHT, NEIGHBOURS, neighbour_votes
 from featx.rows import Rows
 
 
@@ -107,6 +108,63 @@ def test_a_class_without_rows_changes_nothing():
     with_empty = find_label_issues(np.column_stack([probabilities, np.zeros(len(labels))]), labels)
     assert list(with_empty.rows) == list(find_label_issues(probabilities, labels).rows) == [len(labels) - 1]
     assert list(with_empty.suggested) == [1]
+
+
+def test_the_neighbours_judge_the_most_doubtful_labels_again():
+    rng = np.random.default_rng(0)
+    probabilities, labels = _confident_rows(3, 30, rng)
+    centres = rng.normal(scale=5.0, size=(3, 16))
+    features = centres[labels] + rng.normal(size=(len(labels), 16))
+    # Two images labelled 0 that the model calls a 1; confident learning counts one label error among them.
+    # The first looks like the other 0s (its neighbours are 0s), the second like the 1s.
+    probabilities = np.vstack([probabilities, [[0.05, 0.92, 0.03], [0.06, 0.88, 0.06]]])
+    labels = np.concatenate([labels, [0, 0]])
+    features = np.vstack([features, centres[0] + rng.normal(size=16), centres[1] + rng.normal(size=16)])
+    among_zeros, among_ones = len(labels) - 2, len(labels) - 1
+
+    by_model = find_label_issues(probabilities, labels)
+    assert list(by_model.rows) == [among_zeros]  # the model alone: the lower p(label)
+    assert by_model.neighbours == 0 and by_model.reasons == ["confident learning"]
+    judged = find_label_issues(probabilities, labels, features=features)
+    assert list(judged.rows) == [among_ones]  # its neighbours carry another label
+    assert judged.neighbours == NEIGHBOURS
+    assert judged.reasons == [f"confident learning; 0 of {NEIGHBOURS} nearest images share its label"]
+    # Neighbours predict these labels as well as the model (clear clusters): their vote gets its whole weight,
+    # and label quality blends p(label) 0.06 with the smoothed share of neighbours that agree, (0 + 1/3) / 11.
+    assert judged.neighbour_weight == NEIGHBOUR_WEIGHT
+    np.testing.assert_allclose(judged.quality, [0.7 * 0.06 + 0.3 * (1 / 3) / (NEIGHBOURS + 1)])
+    np.testing.assert_allclose(judged.probabilities, [[0.06, 0.88, 0.06]])  # the CSV keeps the model's
+
+    # Features that say nothing about the labels: neighbours agree with a label no more often than chance,
+    # so their vote weighs (next to) nothing and the model's list stands.
+    noise = rng.normal(size=features.shape)
+    unjudged = find_label_issues(probabilities, labels, features=noise)
+    assert unjudged.neighbour_weight < 0.05
+    assert list(unjudged.rows) == [among_zeros]
+
+
+def test_neighbour_votes_count_the_nearest_other_rows_by_cosine():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(60, 5)).astype(np.float32)
+    features[7] = features[3]  # an exact duplicate: each finds the other, never itself
+    labels = rng.integers(0, 3, size=60)
+    rows = np.array([0, 3, 7, 59])
+    centred = features - features.mean(axis=0)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity[rows], axis=1)[:, :4]
+    expected = (labels[nearest] == labels[rows][:, None]).sum(axis=1)
+    np.testing.assert_array_equal(neighbour_votes(features, labels, rows, k=4), expected)
+    assert 7 in nearest[1] and 3 in nearest[2]
+    # More columns than the projection keeps (100 -> 8): three clear clusters are still told apart, so the
+    # one image filed under another cluster's label finds no neighbour that shares it, and the rest nearly all do.
+    cluster = np.repeat(np.arange(3), 20)
+    wide = (rng.normal(scale=3.0, size=(3, 100))[cluster] + rng.normal(size=(60, 100))).astype(np.float32)
+    filed = cluster.copy()
+    filed[0] = 2
+    votes = neighbour_votes(wide, filed, np.arange(60), k=4, dims=8)
+    assert votes[0] == 0 and votes[1:].min() >= 3
 
 
 class _GroupSpy(ClassifierMixin, BaseEstimator):

@@ -140,7 +140,7 @@ def _label_issues(head, fitted, rows: Rows, n_classes: int, graded: bool, *, fol
     # Columns for every class, also those without training rows (which get probability 0).
     probabilities = np.pad(probabilities, ((0, 0), (0, max(0, n_classes - probabilities.shape[1]))))
     issues = find_label_issues(probabilities[keep], rows.y[keep], graded=graded,
-                               paths=[rows.paths[i] for i in keep], root=rows.root)
+                               paths=[rows.paths[i] for i in keep], root=rows.root, features=rows.X[keep])
     issues.rows = keep[issues.rows]  # indices into `rows`, not into its originals
     issues.source = source
     timings["label issues"] = time.perf_counter() - started

@@ -320,8 +320,9 @@ def _section_issues(data: ReportData, thumbs: _Thumbs, issues_shown: int) -> Pag
     issues, names = data.label_issues, data.class_names
     share = len(issues) / max(issues.n_checked, 1)
     source = f" (out-of-fold probabilities from {html.escape(issues.source)})" if issues.source else ""
+    rule = issue_rule(issues.graded, issues.neighbours, issues.neighbour_weight)
     head = (f'<p class="note">{len(issues)} of {issues.n_checked} labelled images ({share:.1%}) are listed: '
-            f"{html.escape(issue_rule(issues.graded))}{source}. Each image shows given &rarr; suggested "
+            f"{html.escape(rule)}{source}. Each image shows given &rarr; suggested "
             "label; label quality (0 to 1) is low where the given label is doubtful. ")
     if len(issues) == 0:
         return PageSection("label-issues", "Likely label errors", head + "None found.</p>")
