@@ -255,27 +255,32 @@ def _labelled_splits(maps: dict[str, Path], o: FinetuneOptions) -> _Splits:
     from featx.store import FeatureStore
 
     stores = {split: FeatureStore(path) for split, path in maps.items()}
-    first = stores.get("train") or stores["all"]
-    class_names, graded = class_order(first.label_names, None)
-    labels = {split: mapped_labels(store, class_names) for split, store in stores.items()}
+    try:
+        first = stores.get("train") or stores["all"]
+        class_names, graded = class_order(first.label_names, None)
+        labels = {split: mapped_labels(store, class_names) for split, store in stores.items()}
 
-    def rows_of(split, indices=None):
-        y = labels[split] if indices is None else labels[split][indices]
-        return MapRows(str(maps[split]), tuple(int(v) for v in y), (0, 0, 0),
-                       None if indices is None else tuple(int(i) for i in indices))
+        def rows_of(split, indices=None):
+            y = labels[split] if indices is None else labels[split][indices]
+            return MapRows(str(maps[split]), tuple(int(v) for v in y), (0, 0, 0),
+                           None if indices is None else tuple(int(i) for i in indices))
 
-    if "all" in stores:
-        store = stores["all"]
-        # A subject (--group, or as the maps file records) is a group; else each source image is.
-        groups = row_groups(store_paths(store), len(labels["all"]), store_subjects(store, o.group, o.group_unmatched))
-        train_rows, val_rows = grouped_train_test_split(labels["all"], groups, test_size=o.val_size, seed=o.seed)
-        train, val, test = rows_of("all", np.sort(train_rows)), rows_of("all", np.sort(val_rows)), None
-    else:
-        train, val = rows_of("train"), rows_of("val")
-        test = rows_of("test") if "test" in stores else None
-    group, unmatched = subject_grouping(list(stores.values()), o.group, o.group_unmatched)
-    return _Splits(train=train, val=val, test=test, class_names=class_names, graded=graded, recipe=first.recipe,
-                   group=group, group_unmatched=unmatched)
+        if "all" in stores:
+            store = stores["all"]
+            # A subject (--group, or as the maps file records) is a group; else each source image is.
+            groups = row_groups(store_paths(store), len(labels["all"]),
+                                store_subjects(store, o.group, o.group_unmatched))
+            train_rows, val_rows = grouped_train_test_split(labels["all"], groups, test_size=o.val_size, seed=o.seed)
+            train, val, test = rows_of("all", np.sort(train_rows)), rows_of("all", np.sort(val_rows)), None
+        else:
+            train, val = rows_of("train"), rows_of("val")
+            test = rows_of("test") if "test" in stores else None
+        group, unmatched = subject_grouping(list(stores.values()), o.group, o.group_unmatched)
+        return _Splits(train=train, val=val, test=test, class_names=class_names, graded=graded, recipe=first.recipe,
+                       group=group, group_unmatched=unmatched)
+    finally:  # the splits name the files; every later read opens them again
+        for store in stores.values():
+            store.close()
 
 
 def _fit_head(name: str, X, data: _Splits, o: FinetuneOptions):
