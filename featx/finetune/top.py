@@ -312,22 +312,27 @@ class _Progress:
         self.history: list[dict] = []
         self.finished = False
 
-    def val_metric(self) -> float:
-        """Val accuracy, or QWK when graded: of the argmax, or of the rounded expected grade (select "expected")."""
+    def val_scores(self) -> dict[str, float]:
+        """The val metrics: accuracy, or when graded the QWK of the argmax and of the rounded expected grade."""
+        from scipy.special import softmax
+
+        from featx.heads.ordinal import expected_grades
+
         logits = self.net.predict(self.val, self.config.batch_size)
         if not self.config.graded:
-            return float(accuracy(self.y_val, np.argmax(logits, axis=1)))
+            return {"accuracy": float(accuracy(self.y_val, np.argmax(logits, axis=1)))}
         labels = np.arange(self.config.n_classes)
-        argmax = float(quadratic_weighted_kappa(self.y_val, np.argmax(logits, axis=1), labels=labels))
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        expected = np.clip(np.rint((p / p.sum(axis=1, keepdims=True)) @ labels), 0, labels[-1]).astype(np.int64)
-        self.expected_qwk = float(quadratic_weighted_kappa(self.y_val, expected, labels=labels))
-        self.argmax_qwk = argmax
-        return self.expected_qwk if self.config.select == "expected" else argmax
+        expected = np.clip(np.rint(expected_grades(softmax(logits, axis=1))), 0, labels[-1]).astype(np.int64)
+        return {"argmax": float(quadratic_weighted_kappa(self.y_val, np.argmax(logits, axis=1), labels=labels)),
+                "expected": float(quadratic_weighted_kappa(self.y_val, expected, labels=labels))}
+
+    def chosen(self, scores: dict[str, float]) -> float:
+        """The score that picks the epoch: accuracy, or the QWK `select` names."""
+        return scores[self.config.select] if self.config.graded else scores["accuracy"]
 
     def score_probe(self) -> None:
         started = time.perf_counter()
-        self.best_metric = self.val_metric()
+        self.best_metric = self.chosen(self.val_scores())
         self.best_weights = self.net.model.get_weights()
         self.history.append({"epoch": 0, "loss": None, "train_accuracy": None, "val_metric": self.best_metric,
                              "seconds": time.perf_counter() - started})
@@ -335,7 +340,8 @@ class _Progress:
 
     def end_epoch(self, epoch: int, logs: dict, seconds: float) -> list[str]:
         """Score the epoch, keep it when best, decide whether to stop; the lines to log."""
-        metric = self.val_metric()
+        scores = self.val_scores()
+        metric = self.chosen(scores)
         self.epoch = epoch
         entry = {"epoch": epoch, "loss": float(logs.get("loss", math.nan)),
                  "train_accuracy": float(logs.get("accuracy_of_first_label", math.nan)), "val_metric": metric,
@@ -344,7 +350,7 @@ class _Progress:
         if metric > self.best_metric:
             self.best_epoch, self.best_metric, self.best_weights = epoch, metric, self.net.model.get_weights()
         best = " (best)" if self.best_epoch == epoch else ""
-        extra = f" (argmax {self.argmax_qwk:.4f}, expected {self.expected_qwk:.4f})" if self.config.graded else ""
+        extra = f" (argmax {scores['argmax']:.4f}, expected {scores['expected']:.4f})" if self.config.graded else ""
         lines = [f"epoch {epoch}/{self.config.epochs}: loss {entry['loss']:.4f}, train accuracy "
                  f"{entry['train_accuracy']:.4f}, val {self.config.metric} {metric:.4f}{extra}{best}, {seconds:.1f} s"]
         if epoch - self.best_epoch >= self.config.patience and epoch < self.config.epochs:
