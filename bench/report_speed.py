@@ -1,10 +1,11 @@
 """Report page speed by part, before (193b0d8) and after, and `featx train` wall time against its fit time.
 
-    python bench/report_speed.py [--data synthetic,knee] [--before 193b0d8] [--no-train]
+    python bench/report_speed.py [--data synthetic,synthetic-classes,knee] [--before 193b0d8] [--no-train]
                                  [--train-before c6ec3a5] [--repeats 2]
 
 Datasets: (1) bench/heads_speed.py's synthetic 10,000 x 1,280 rows of 5 graded classes (no images), tested
-on 2,500 more; (2) the knee features ``../shared/data/features/knee_kl_full-{train,val}.h5`` (5,778 + 826 x
+on 2,500 more; "synthetic-classes": the same rows as 5 plain classes (the label issues' neighbour vote runs
+only there); (2) the knee features ``../shared/data/features/knee_kl_full-{train,val}.h5`` (5,778 + 826 x
 1,280), with their thumbnails from ``../shared/data/knee_kl`` where the image is there.
 
 Each version runs in its own child process (the old one from `git archive`, so this checkout is not touched):
@@ -40,13 +41,14 @@ def _load(name):
     """(train Rows, test Rows, class names, graded) of a dataset, or None when it is absent."""
     from featx.rows import Rows
 
-    if name == "synthetic":
+    if name in ("synthetic", "synthetic-classes"):
         sys.path.insert(0, str(HERE))
         from heads_speed import synthetic
 
         X, y, X_test, y_test = synthetic()
+        graded = name == "synthetic"  # integer class names are grades; "class0".. are plain classes
         return Rows.of(X, y, source="synthetic"), Rows.of(X_test, y_test, source="synthetic test"), \
-            [str(k) for k in range(5)], True
+            [str(k) if graded else f"class{k}" for k in range(5)], graded
     import h5py
 
     rows = []
@@ -181,7 +183,7 @@ def _load_line() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="synthetic,knee")
+    parser.add_argument("--data", default="synthetic,synthetic-classes,knee")
     parser.add_argument("--before", default="193b0d8")
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--train-before", default="c6ec3a5", help="the version whose featx train is timed beside")
