@@ -79,6 +79,18 @@ def test_bundle_predicts_through_the_cli(run, capsys):
     assert sum(row["predicted"] == "1" for row in rows) >= 5  # colours this plain are told apart
 
 
+def test_cli_shows_each_epochs_batches_in_a_progress_bar_then_its_line(run, capsys):
+    """Without -q the batches of an epoch count up on stderr; the epoch's line follows on stdout's log."""
+    output = run["tmp"] / "cli-models"
+    assert main(["finetune", str(run["data"]), "--weights", "none", "--image-size", str(SIZE), "--epochs", "1",
+                 "--runtime", "keras", "--features", str(run["features"]), "-o", str(output)]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"epoch 1/1: .*\d+/\d+ \[", captured.err)  # tqdm: "epoch 1/1: 100%|...| 1/1 [00:00<..."
+    assert "loss=" in captured.err
+    assert re.search(r"^epoch 1/1: loss [0-9.]+, train accuracy", captured.out, re.MULTILINE)
+    assert (output / "grades-finetuned.weights.h5").is_file()
+
+
 def test_weights_file_reextracts_the_fine_tuned_features(run):
     """featx extract --weights FILE gives the features the fine-tuned network computes from the maps."""
     weights = run["second"].weights_file

@@ -110,7 +110,7 @@ def finetune_with(dataset, options: FinetuneOptions, *, log: Callable[[str], obj
     head = affine_map(probe.best_estimator_, frozen["train"].shape[1], config.n_classes)
     result: TopResult = run_training(train_top, config, data.train, data.val, head=head, checkpoint=checkpoint,
                                      log=log, engine=o.engine, address=o.address, workers=o.workers,
-                                     local_kwargs={"network": net})
+                                     local_kwargs={"network": net, "progress": o.progress})
     net.model.set_weights(result.weights)
 
     tuned = {split: net.predict(rows, config.batch_size, pooled=True) for split, rows in data.scored().items()}

@@ -252,12 +252,13 @@ def map_dataset(data: MapRows, config: TopConfig, *, first_epoch: int = 0, train
 
 def train_top(config: TopConfig, train: MapRows, val: MapRows, *, head: tuple[np.ndarray, np.ndarray],
               checkpoint: str | Path | None = None, strategy=None, log: Callable[[str], object] = print,
-              network: TopNetwork | None = None) -> TopResult:
+              network: TopNetwork | None = None, progress: bool = False) -> TopResult:
     """Fine-tune the top and its Dense layer (initialised from `head` = (W (D, C), b (C,))); keep the best epoch.
 
     checkpoint: a file written (atomically) after every epoch and resumed from when it exists.
     strategy: a tf.distribute strategy; the network is built in its scope. network: an already
-    built TopNetwork for `config` (its weights are replaced), to save building it twice.
+    built TopNetwork for `config` (its weights are replaced), to save building it twice. progress: a tqdm bar of
+    each epoch's batches (with the running loss) on stderr, gone when the epoch's line is logged.
     """
     import contextlib
 
@@ -279,13 +280,15 @@ def train_top(config: TopConfig, train: MapRows, val: MapRows, *, head: tuple[np
     else:
         state.score_probe()
     if not state.finished:
-        callback = _epoch_end(state, checkpoint, optimizer)
+        callback = _epoch_end(state, checkpoint, optimizer, steps if progress else 0)
         try:
             net.model.fit(map_dataset(train, config, first_epoch=state.epoch), steps_per_epoch=steps, verbose=0,
                           epochs=config.epochs, initial_epoch=state.epoch,
                           shuffle=False, callbacks=[callback])
             state.finished = True
         except KeyboardInterrupt:
+            if callback.bar is not None:
+                callback.bar.close()
             log(f"interrupted: keeping epoch {state.best_epoch} ({config.metric} {state.best_metric:.4f})")
             return state.result(interrupted=True)
     return state.result()
@@ -404,15 +407,33 @@ def _jsonable(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _epoch_end(state: _Progress, checkpoint, optimizer):
-    """A Keras callback: after each epoch the val metric, the best weights, a checkpoint, early stopping."""
+def _epoch_end(state: _Progress, checkpoint, optimizer, steps: int = 0):
+    """A Keras callback: after each epoch the val metric, the best weights, a checkpoint, early stopping.
+
+    steps > 0: a progress bar of the epoch's `steps` batches while it trains.
+    """
     import keras
+    from tqdm import tqdm
 
     class EpochEnd(keras.callbacks.Callback):
+        bar = None
+
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
+            if steps:
+                self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{state.config.epochs}", unit="batch",
+                                leave=False, dynamic_ncols=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.bar is not None:
+                if logs and "loss" in logs:
+                    self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+                self.bar.update(1)
 
         def on_epoch_end(self, epoch, logs=None):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
             lines = state.end_epoch(epoch + 1, logs or {}, time.perf_counter() - self.started)
             if checkpoint is not None:
                 state.save(Path(checkpoint), optimizer)
