@@ -118,6 +118,19 @@ def test_a_cut_that_does_not_exist_lists_the_valid_ones(run):
                  output=run["tmp"] / "other")
 
 
+def test_train_from_input_works_for_every_family_and_each_backbone_keeps_its_maps(tmp_path):
+    """--train-from input on a Keras application (whose input layer Keras numbers per process) and on Lite0, in one
+    process and one features folder: each trains from its own cached images."""
+    data = _write_dataset(tmp_path / "grades", per_class=6)
+    options = dict(OPTIONS, epochs=1, train_from="input", features=tmp_path / "features", log=lambda line: None)
+    for backbone in ("mobilenet_v2", "efficientnet_lite0"):
+        result = finetune(data, backbone=backbone, output=tmp_path / backbone, **options)
+        assert result.weights_file.is_file() and [entry["epoch"] for entry in result.history] == [0, 1]
+        maps = FeatureStore(tmp_path / "features" / f"grades-{backbone}-maps-input.h5")
+        assert maps.recipe.layer == "input" and maps.dim == SIZE * SIZE * 3  # the preprocessed images, flattened
+        maps.close()
+
+
 def test_too_few_images_for_a_hold_out(tmp_path):
     data = _write_dataset(tmp_path / "tiny", per_class=2)
     with pytest.raises(FeatxError, match="at least 5 per class"):

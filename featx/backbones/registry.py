@@ -16,7 +16,7 @@ import numpy as np
 from featx.backbones import efficientnet_lite, keras_apps
 from featx.backbones import runtime as runtime_mod
 from featx.backbones.backbone import Backbone, imagenet_class_names
-from featx.backbones.family import RANDOM_WEIGHTS_SOURCE, Family, file_sha256
+from featx.backbones.family import INPUT_CUT, RANDOM_WEIGHTS_SOURCE, Family, file_sha256
 from featx.backbones.family import check_cut as _family_check_cut
 from featx.backbones.preprocessing import default_check_image
 from featx.cores import usable_cores
@@ -197,12 +197,19 @@ def _normalise_weights(weights):
 
 
 def _pooled_model(base, family: Family, name, pooling, layer):
-    """base's last feature map (or `layer`'s output) pooled into one vector per image."""
+    """base's last feature map (or `layer`'s output) pooled into one vector per image.
+
+    layer "input" (INPUT_CUT) is the model's input: the preprocessed image. Keras numbers the input layers of the
+    models it builds in a process ("input_layer_1"), so that name would not find the input of the next model built.
+    """
     import keras
     from keras import layers
 
     try:
-        features = base.get_layer(layer).output if layer else family.feature_map(name, base)
+        if layer == INPUT_CUT:
+            features = base.input
+        else:
+            features = base.get_layer(layer).output if layer else family.feature_map(name, base)
     except ValueError:
         raise FeatxError(f"{name} has no layer {layer!r}: use one of its cut layers, "
                          f"{', '.join(family.cut_layers(name)[1:])}, or another of its feature-map layers") from None

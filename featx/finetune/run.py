@@ -58,7 +58,7 @@ def finetune(dataset, *, log: Callable[[str], object] = print, **options) -> Fin
     Splits: train/ and val/ folders (test/ is scored too), else a seeded, stratified hold-out of
     `val_size` that keeps each subject (`group`) on one side. train_from: the cut layer (default per
     backbone; "input" fine-tunes everything from images). The frozen bottom's maps go to
-    `features`/<name>-maps-<cut>[-<split>].h5 once; outputs go to `output`: <name>-finetuned.weights.h5
+    `features`/<name>-<backbone>-maps-<cut>[-<split>].h5 once; outputs go to `output`: <name>-finetuned.weights.h5
     and one bundle per head. A rerun resumes from the last epoch's checkpoint; changed options are
     refused unless `overwrite`. engine: "local" (this process; MirroredStrategy over several GPUs) or
     "ray" (Ray Train `workers` on the cluster at `address`), featx.finetune.distributed.run_training.
@@ -86,8 +86,9 @@ def finetune_with(dataset, options: FinetuneOptions, *, log: Callable[[str], obj
     size = int(o.image_size) if o.image_size else backbones.backbone_info(o.backbone)["input_size"]
     net_config = dict(backbone=o.backbone, weights=str(o.weights), image_size=size, cut=cut, seed=int(o.seed),
                       **o.training())
-    maps = _cache_maps(root, Path(o.features) / f"{name}-maps-{cut}.h5", split_roots, o, image_size=size, cut=cut,
-                       log=log)
+    # Named by backbone too: cut names recur across backbones ("input" in all, block5c_add in every Lite).
+    maps = _cache_maps(root, Path(o.features) / f"{name}-{o.backbone}-maps-{cut}.h5", split_roots, o,
+                       image_size=size, cut=cut, log=log)
     data = _labelled_splits(maps, o)
     config = TopConfig(n_classes=len(data.class_names), graded=data.graded,
                        class_weight=_class_weights(data.train, o.class_weight, len(data.class_names)), **net_config)
@@ -162,8 +163,7 @@ def _cache_maps(root, maps_file: Path, split_roots, o: FinetuneOptions, *, image
     """The frozen bottom's maps of every split, extracted once (and resumed); {split: file}."""
     from featx.extract import extract
 
-    layer = _input_layer(o.backbone) if cut == "input" else cut
-    options = dict(backbone=o.backbone, weights=o.weights, pooling="flatten", layer=layer, image_size=image_size,
+    options = dict(backbone=o.backbone, weights=o.weights, pooling="flatten", layer=cut, image_size=image_size,
                    dtype=o.maps_dtype, seed=o.seed, progress=o.progress, log=log, group=o.group,
                    group_unmatched=o.group_unmatched,
                    # LiteRT's gain is in the convolutions; an input "cut" has none to run.
@@ -207,10 +207,6 @@ def _cached_maps(root: Path, maps_file: Path, split_roots: dict, options: dict) 
             return None
         found[split] = path
     return found
-
-
-def _input_layer(backbone: str) -> str:
-    return backbones.build_keras_model(backbone, weights="none").layers[0].name
 
 
 @dataclass
