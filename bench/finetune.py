@@ -1,11 +1,12 @@
 """Fine-tuning against the frozen probe it must beat, on the shared real images.
 
-    python bench/finetune.py [--data knee_kl,hymenoptera] [--workdir DIR] [--no-rerun]
+    python bench/finetune.py [--data knee_kl,hymenoptera] [--workdir DIR] [--no-rerun] [--seeds 1,2]
 
 For each dataset under ../shared/data (train/ and val/ folders): the frozen probe (`featx extract`,
 then `featx train --heads logreg[,ordinal] --test val`) and `featx finetune` with its defaults,
 each in a child process: val scores, wall minutes, seconds per training image (caching included)
-and peak RSS. Then a rerun with another --epochs, which must reuse the cached maps. Goals (issue 20):
+and peak RSS. Then a rerun with another --epochs, which must reuse the cached maps. --seeds: the default run again
+with each of these seeds (on the cached maps), and the gain's mean and spread over all seeds. Goals (issue 20):
 knee grades +0.10 val QWK over the best frozen head, <= 0.15 s per training image; ants/bees not
 below the frozen logreg. The machine is shared: the load average is printed beside every number.
 Skips cleanly when ../shared/data is absent.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,7 +76,7 @@ def scores(row: dict) -> str:
     return f"accuracy {row['accuracy']:.3f}{qwk}"
 
 
-def bench(data: Path, work: Path, rerun: bool) -> list[str]:
+def bench(data: Path, work: Path, rerun: bool, seeds: list[int]) -> list[str]:
     n_train = sum(len(files) for _, _, files in os.walk(data / "train"))
     extract = measured("extract", data, work)
     frozen = measured("train", data, work)
@@ -98,6 +100,17 @@ def bench(data: Path, work: Path, rerun: bool) -> list[str]:
     lines += ["", f"val {metric}: best frozen {best_frozen:.3f}, fine-tuned {best_tuned:.3f} "
                   f"({best_tuned - best_frozen:+.3f}); best epoch {tuned['best_epoch']}; "
                   f"{tuned['seconds'] / n_train:.3f} s per training image"]
+    if seeds:
+        gains = [best_tuned - best_frozen]
+        for seed in seeds:
+            again = measured("finetune", data, work, {"seed": seed, "overwrite": True})
+            tuned_seed = max(row[metric] for row in again["rows"] if row["features"] == "fine-tuned")
+            gains.append(tuned_seed - best_frozen)
+            lines.append(f"seed {seed}: fine-tuned {tuned_seed:.3f} ({tuned_seed - best_frozen:+.3f}); "
+                         f"{again['seconds']:.0f} s on the cached maps ({again['load']})")
+        spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        lines.append(f"gain over {len(gains)} seeds (0 and {', '.join(map(str, seeds))}): mean "
+                     f"{statistics.mean(gains):+.3f}, standard deviation {spread:.3f}")
     if rerun:
         again = measured("finetune", data, work, {"epochs": 1, "overwrite": True})
         lines.append(f"rerun with --epochs 1 --overwrite (cached maps): {again['seconds']:.0f} s ({again['load']})")
@@ -109,6 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="knee_kl,hymenoptera")
     parser.add_argument("--workdir", help="keep outputs here (default: a temporary folder)")
     parser.add_argument("--no-rerun", action="store_true", help="skip the rerun with other epochs")
+    parser.add_argument("--seeds", default="", help="more seeds for the default run, e.g. 1,2 (seed 0 always runs)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -126,7 +140,8 @@ def main(argv=None) -> int:
             work = Path(args.workdir or scratch) / name
             work.mkdir(parents=True, exist_ok=True)
             print(f"{name}: start ({load()})", flush=True)
-            print("\n".join(bench(data, work, rerun=not args.no_rerun)), flush=True)
+            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+            print("\n".join(bench(data, work, rerun=not args.no_rerun, seeds=seeds)), flush=True)
     return 0
 
 
