@@ -208,8 +208,10 @@ def _pooled_model(base, family: Family, name, pooling, layer):
     try:
         if layer == INPUT_CUT:
             features = base.input
+        elif layer:
+            features = base.get_layer(layer).output
         else:
-            features = base.get_layer(layer).output if layer else family.feature_map(name, base)
+            features = family.feature_map(name, base)
     except ValueError:
         raise FeatxError(f"{name} has no layer {layer!r}: use one of its cut layers, "
                          f"{', '.join(family.cut_layers(name)[1:])}, or another of its feature-map layers") from None
