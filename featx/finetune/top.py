@@ -287,8 +287,7 @@ def train_top(config: TopConfig, train: MapRows, val: MapRows, *, head: tuple[np
                           shuffle=False, callbacks=[callback])
             state.finished = True
         except KeyboardInterrupt:
-            if callback.bar is not None:
-                callback.bar.close()
+            callback.close_bar()
             log(f"interrupted: keeping epoch {state.best_epoch} ({config.metric} {state.best_metric:.4f})")
             return state.result(interrupted=True)
     return state.result()
@@ -431,9 +430,7 @@ def _epoch_end(state: _Progress, checkpoint, optimizer, steps: int = 0):
                 self.bar.update(1)
 
         def on_epoch_end(self, epoch, logs=None):
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
+            self.close_bar()
             lines = state.end_epoch(epoch + 1, logs or {}, time.perf_counter() - self.started)
             if checkpoint is not None:
                 state.save(Path(checkpoint), optimizer)
@@ -441,5 +438,11 @@ def _epoch_end(state: _Progress, checkpoint, optimizer, steps: int = 0):
                 state.log(line)
             if state.finished:
                 self.model.stop_training = True
+
+        def close_bar(self):
+            """Take the epoch's bar off the terminal: before its line is logged, or when Ctrl-C stops training."""
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
 
     return EpochEnd()
