@@ -455,7 +455,7 @@ def test_an_unknown_cut_is_refused_with_the_valid_ones():
                                          r", .*top_activation$") as error:
         check_cut("efficientnet_lite0", "block9z")
     assert "\n" not in str(error.value)
-    with pytest.raises(FeatxError, match="no layer 'block9z': use one of its cut layers, stem_activation"):
+    with pytest.raises(FeatxError, match="no layer 'block9z': use one of its cut layers, input, stem_activation"):
         get_backbone("efficientnet_lite0", weights="none", image_size=64, layer="block9z", runtime="keras")
 
 

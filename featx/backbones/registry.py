@@ -214,7 +214,7 @@ def _pooled_model(base, family: Family, name, pooling, layer):
             features = family.feature_map(name, base)
     except ValueError:
         raise FeatxError(f"{name} has no layer {layer!r}: use one of its cut layers, "
-                         f"{', '.join(family.cut_layers(name)[1:])}, or another of its feature-map layers") from None
+                         f"{', '.join(family.cut_layers(name))}, or another of its feature-map layers") from None
     if len(features.shape) != 4:
         raise FeatxError(f"layer {layer!r} of {name} outputs shape {features.shape}, not a feature map to pool")
     pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D, "flatten": layers.Flatten}[pooling]
