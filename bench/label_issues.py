@@ -1,6 +1,6 @@
 """Label issues people can believe: planted label errors found, and how much clean data gets flagged.
 
-    python bench/label_issues.py [--seeds 0,1,2] [--share 0.05] [--options] [--timing]
+    python bench/label_issues.py [--seeds 0,1,2] [--share 0.05] [--options] [--timing] [--backbone NAME]
                                  [--cache /tmp/featx-bench-label-issues]
 
 Real photos with features from the default recipe: the shared ants/bees (``../shared/data/hymenoptera``,
@@ -21,6 +21,8 @@ probabilities (and the rows' features, as `featx train` passes them) are judged:
   cleanlab's ensemble label quality of those two, and a second logreg fitted without the 2n most doubtful rows;
 - the share flagged on the clean labels, and on the shared knee grades (graded rule) when present; there,
   `share` of the rows moved at least 2 grades, and the recall and precision of the graded list;
+- with --backbone: the photos' features from that backbone instead of the default recipe's (how much the
+  lists owe to the features);
 - with --timing: what the neighbour vote costs, on bench/heads_speed.py's synthetic 10,000 x 1,280 rows
   taken as plain classes with `share` moved: find_label_issues with and without the features, alternating.
 """
@@ -52,17 +54,20 @@ NOT_THE_CLASS = {
 }
 
 
-def _features(cache: Path, name: str, dataset: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All labelled rows of every split of `dataset`, extracted with the default recipe once into `cache`, and
-    their image paths relative to `dataset`."""
+def _features(cache: Path, name: str, dataset: Path, backbone: str | None = None
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All labelled rows of every split of `dataset`, extracted once into `cache` with the default recipe (or
+    `backbone`), and their image paths relative to `dataset`."""
     import h5py
 
     from featx.extract import extract
 
-    files = sorted(cache.glob(f"{name}*.h5"))
+    stem = f"{backbone}_{name}" if backbone else name  # not "{name}-...": the default's glob would take it
+    files = sorted(cache.glob(f"{stem}-*.h5")) + sorted(cache.glob(f"{stem}.h5"))
     if not files:
-        extract(str(dataset), output=str(cache / f"{name}.h5"), progress=False, log=lambda _: None)
-        files = sorted(cache.glob(f"{name}*.h5"))
+        choice = {"backbone": backbone} if backbone else {}
+        extract(str(dataset), output=str(cache / f"{stem}.h5"), progress=False, log=lambda _: None, **choice)
+        files = sorted(cache.glob(f"{stem}-*.h5")) + sorted(cache.glob(f"{stem}.h5"))
     X, y, paths = [], [], []
     for file in files:
         with h5py.File(file, "r") as handle:
@@ -294,6 +299,7 @@ def main() -> int:
                         help="also other lists and rankings: 5-fold logreg, a 10-NN vote, cleanlab's ensemble score")
     parser.add_argument("--timing", action="store_true",
                         help="also time the neighbour vote on 10,000 x 1,280 synthetic rows")
+    parser.add_argument("--backbone", help="the photos' features from this backbone (default: the default recipe)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "featx-bench-label-issues"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -306,9 +312,9 @@ def main() -> int:
     from featx.demo import write_digits
 
     write_digits(cache / "digits")
-    sets = {"digits": _features(cache, "digits", cache / "digits")}
+    sets = {"digits": _features(cache, "digits", cache / "digits", args.backbone)}
     if (SHARED / "hymenoptera").is_dir():
-        sets["ants/bees"] = _features(cache, "hymenoptera", SHARED / "hymenoptera")
+        sets["ants/bees"] = _features(cache, "hymenoptera", SHARED / "hymenoptera", args.backbone)
         print(f"ants/bees cleaned of {len(NOT_THE_CLASS)} photos not of their class:")
         sets["ants/bees cleaned"] = _without(*sets["ants/bees"], NOT_THE_CLASS)
     else:
