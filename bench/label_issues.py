@@ -1,7 +1,7 @@
 """Label issues people can believe: planted label errors found, and how much clean data gets flagged.
 
     python bench/label_issues.py [--seeds 0,1,2] [--share 0.05] [--options] [--timing] [--backbone NAME]
-                                 [--cache /tmp/featx-bench-label-issues]
+                                 [--imbalance 0.1] [--cache /tmp/featx-bench-label-issues]
 
 Real photos with features from the default recipe: the shared ants/bees (``../shared/data/hymenoptera``,
 2 classes) and the demo's handwritten digits (10 classes, written by ``featx.demo.write_digits``), both
@@ -23,6 +23,8 @@ probabilities (and the rows' features, as `featx train` passes them) are judged:
   `share` of the rows moved at least 2 grades, and the recall and precision of the graded list;
 - with --backbone: the photos' features from that backbone instead of the default recipe's (how much the
   lists owe to the features);
+- with --imbalance R: the digits again with class k kept at R ** (k / 9) of its rows (the last class at R),
+  since confident learning's count and the one list over all classes were chosen on balanced sets;
 - with --timing: what the neighbour vote costs, on bench/heads_speed.py's synthetic 10,000 x 1,280 rows
   taken as plain classes with `share` moved: find_label_issues with and without the features, alternating.
 """
@@ -77,6 +79,17 @@ def _features(cache: Path, name: str, dataset: Path, backbone: str | None = None
             paths += [os.path.relpath(root / p.decode(), dataset) for p in handle["paths"][:]]
     X, y = np.concatenate(X), np.concatenate(y)
     keep = np.flatnonzero(y >= 0)
+    return X[keep], y[keep], [paths[i] for i in keep]
+
+
+def _imbalanced(X, y, paths, smallest: float, seed: int = 0):
+    """The rows with class k (of K) kept at smallest ** (k / (K - 1)) of its rows, a seeded draw."""
+    rng = np.random.default_rng(seed)
+    n_classes = int(y.max()) + 1
+    keep = np.sort(np.concatenate([
+        rng.choice(rows, size=max(2, round(len(rows) * smallest ** (k / (n_classes - 1)))), replace=False)
+        for k in range(n_classes) for rows in [np.flatnonzero(y == k)]]))
+    print(f"digits imbalanced: class sizes {np.bincount(y[keep]).tolist()}")
     return X[keep], y[keep], [paths[i] for i in keep]
 
 
@@ -300,6 +313,8 @@ def main() -> int:
     parser.add_argument("--timing", action="store_true",
                         help="also time the neighbour vote on 10,000 x 1,280 synthetic rows")
     parser.add_argument("--backbone", help="the photos' features from this backbone (default: the default recipe)")
+    parser.add_argument("--imbalance", type=float, metavar="R",
+                        help="also the digits with class k kept at R ** (k / 9) of its rows")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "featx-bench-label-issues"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -313,6 +328,8 @@ def main() -> int:
 
     write_digits(cache / "digits")
     sets = {"digits": _features(cache, "digits", cache / "digits", args.backbone)}
+    if args.imbalance:
+        sets["digits imbalanced"] = _imbalanced(*sets["digits"], args.imbalance)
     if (SHARED / "hymenoptera").is_dir():
         sets["ants/bees"] = _features(cache, "hymenoptera", SHARED / "hymenoptera", args.backbone)
         print(f"ants/bees cleaned of {len(NOT_THE_CLASS)} photos not of their class:")
